@@ -1,0 +1,303 @@
+"""The click command line: parse, call the library, print. No compression logic lives here."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import UserError
+
+EXAMPLES = {
+    "train": "dnncompress train lenet5 --data mnist --epochs 3 -o base.pt",
+    "eval": "dnncompress eval base.pt --json",
+    "finetune": "dnncompress finetune base.ft.pt --epochs 2 -o tuned.pt",
+    "run": "dnncompress run configs/fourval.yaml stages.1.finetune.epochs=1",
+    "validate": "dnncompress validate configs/fourval.yaml",
+    "list": "dnncompress list",
+}
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+class Group(click.Group):
+    """Maps library errors to one-line messages: bad input → exit 2, anything else → exit 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            _fail(str(e).splitlines()[0] if str(e) else "bad input", 2)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
+            raise
+        except Exception as e:  # noqa: BLE001 - last line of defence: no traceback for users
+            if os.environ.get("DNNCOMPRESS_DEBUG"):
+                raise
+            _fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (set DNNCOMPRESS_DEBUG=1 for a traceback)", 1)
+
+
+def _help(name: str, text: str) -> str:
+    return f"{text}\n\n\b\nExample:\n  {EXAMPLES[name]}"
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="dnncompress")
+def main():
+    """dnncompress: prune, quantize, fine-tune and pack PyTorch models into files as small as reported."""
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", 0))
+
+
+def resolve_input(path: str | None, suffixes=(".pt", ".dnc")) -> Path:
+    """The given checkpoint, or the newest output recorded in this directory (said on stderr)."""
+    from .runstate import latest_output
+
+    if path:
+        return Path(path)
+    found = latest_output(want_suffix=suffixes)
+    click.echo(f"using {found} (newest output in this directory)", err=True)
+    return found
+
+
+def load_input(path: str | None, arch=None, trust=False):
+    from .checkpoint import load_checkpoint
+
+    p = resolve_input(path)
+    if p.suffix == ".dnc":
+        from .pack import checkpoint_from_packed
+
+        return p, checkpoint_from_packed(p)
+    return p, load_checkpoint(p, arch=arch, trust=trust)
+
+
+class ProgressBar:
+    """Rich progress on stderr, fed by the library's progress events."""
+
+    def __init__(self, description: str, enabled: bool = True):
+        self.description, self.enabled = description, enabled and _rank() == 0
+        self.progress = self.task = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=_stderr_console(), transient=False,
+            )
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress:
+            self.progress.__exit__(*exc)
+
+    def __call__(self, event: dict) -> None:
+        if not self.progress:
+            return
+        kind = event.get("kind")
+        if kind == "start":
+            self.task = self.progress.add_task(self.description, total=event["total"], info="")
+        elif kind == "step" and self.task is not None:
+            info = f"epoch {event['epoch']} loss {event['loss']:.3f} acc {event['accuracy']:.1f}%"
+            self.progress.update(self.task, advance=1, info=info)
+        elif kind == "scan" and event.get("total"):
+            if self.task is None:
+                self.task = self.progress.add_task(self.description, total=event["total"], info="")
+            self.progress.update(self.task, completed=event["done"], info=event.get("info", ""))
+
+
+def make_context(data=None, data_dir=None, device="auto", seed=0, progress=None):
+    from .stages import Context
+
+    return Context(data_name=data, data_dir=data_dir, device=device, seed=seed, progress=progress,
+                   log=lambda m: click.echo(m, err=True))
+
+
+def run_stage(name, params, input_path, ckpt, output, ctx, json_out=False, ext=".pt"):
+    from .fileio import output_path
+    from .stages import STAGES, execute
+
+    stage = STAGES.get(name)
+    out = output_path(input_path, output, stage.suffix, stage.ext)
+    ckpt, result = execute(name, params, ckpt, out, ctx, main_process=_rank() == 0)
+    if _rank() == 0:
+        if json_out:
+            click.echo(json.dumps({"output": str(out), **_jsonable(result)}))
+        else:
+            _print_result(name, out, result)
+    return out, ckpt, result
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):
+        try:
+            return obj.item()
+        except (ValueError, RuntimeError):
+            return str(obj)
+    return obj
+
+
+def _print_result(name, out, result):
+    acc = result.get("accuracy")
+    extra = f" — test accuracy {acc:.2f}%" if isinstance(acc, (int, float)) else ""
+    click.echo(f"{name}: wrote {out}{extra}")
+
+
+data_options = [
+    click.option("--data", "data", default=None, help="dataset: mnist, cifar10, cifar100, digits, synthetic (default: the checkpoint's)"),
+    click.option("--data-dir", default=None, type=click.Path(), help="folder with the dataset files (MNIST IDX, CIFAR python batches)"),
+    click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 …"),
+]
+input_options = [
+    click.option("--arch", default=None, help="architecture of a bare state_dict being imported"),
+    click.option("--trust", is_flag=True, help="allow loading a pickled full model (can run code: only for files you trust)"),
+]
+
+
+def with_options(options):
+    def deco(fn):
+        for opt in reversed(options):
+            fn = opt(fn)
+        return fn
+
+    return deco
+
+
+# ---------------------------------------------------------------- commands
+
+
+@main.command(help=_help("train", "Train ARCH from scratch and write a checkpoint."))
+@click.argument("arch")
+@with_options(data_options)
+@click.option("--epochs", default=3, show_default=True, type=int)
+@click.option("--lr", default=2e-3, show_default=True, type=float)
+@click.option("--batch-size", default=32, show_default=True, type=int)
+@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
+@click.option("--schedule", type=click.Choice(["onecycle", "cosine", "constant"]), default="onecycle", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("-o", "--output", default=None, type=click.Path(), help="output checkpoint [default: ARCH.base.pt]")
+@click.option("--json", "json_out", is_flag=True, help="print one JSON object on stdout")
+def train(arch, data, data_dir, device, epochs, lr, batch_size, optimizer, schedule, seed, output, json_out):
+    from .models import build_model
+    from .stages.training import TrainParams
+
+    build_model(arch) if ":" not in arch else None  # unknown names fail before any data loads
+    params = TrainParams(arch=arch, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, schedule=schedule, seed=seed)
+    with ProgressBar(f"train {arch}") as bar:
+        ctx = make_context(data or "mnist", data_dir, device, seed, bar)
+        run_stage("train", params, None, None, output or f"{arch.replace(':', '_')}.base.pt", ctx, json_out)
+
+
+@main.command("eval", help=_help("eval", "Evaluate a checkpoint or packed .dnc on its test set."))
+@click.argument("checkpoint", required=False)
+@with_options(data_options + input_options)
+@click.option("--json", "json_out", is_flag=True, help="print one JSON object on stdout")
+def eval_cmd(checkpoint, data, data_dir, device, arch, trust, json_out):
+    from .surgery import model_from_checkpoint
+    from .train import evaluate
+
+    path, ckpt = load_input(checkpoint, arch, trust)
+    ctx = make_context(data, data_dir, device)
+    bundle = ctx.data_for(ckpt)
+    model = model_from_checkpoint(ckpt)
+    metrics = evaluate(model, bundle.test, device=device)
+    out = {"checkpoint": str(path), "arch": ckpt["arch"], "dataset": bundle.name, **metrics,
+           "quantized_layers": len(ckpt.get("quant", {})), "masked_layers": len(ckpt.get("masks", {}))}
+    if json_out:
+        click.echo(json.dumps(out))
+    else:
+        click.echo(f"{path}: {ckpt['arch']} on {bundle.name} ({metrics['n']} test images) — accuracy {metrics['accuracy']:.2f}%, loss {metrics['loss']:.4f}")
+
+
+@main.command(help=_help("finetune", "Fine-tune a checkpoint; pruned weights stay zero, quantized layers train with QAT."))
+@click.argument("checkpoint", required=False)
+@with_options(data_options + input_options)
+@click.option("--epochs", default=2, show_default=True, type=int)
+@click.option("--lr", default=1e-3, show_default=True, type=float)
+@click.option("--batch-size", default=32, show_default=True, type=int)
+@click.option("--l1", default=0.0, show_default=True, type=float, help="L1 penalty on compressed weights")
+@click.option("--l2", default=0.0, show_default=True, type=float, help="L2 penalty on compressed weights")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("-o", "--output", default=None, type=click.Path())
+@click.option("--json", "json_out", is_flag=True)
+def finetune(checkpoint, data, data_dir, device, arch, trust, epochs, lr, batch_size, l1, l2, seed, output, json_out):
+    from .stages.training import FinetuneParams
+
+    params = FinetuneParams(epochs=epochs, lr=lr, batch_size=batch_size, l1=l1, l2=l2, seed=seed)
+    path, ckpt = load_input(checkpoint, arch, trust)
+    with ProgressBar("finetune") as bar:
+        run_stage("finetune", params, path, ckpt, output, make_context(data, data_dir, device, seed, bar), json_out)
+
+
+@main.command(help=_help("run", "Run a YAML config's stages in order; KEY=VALUE pairs override config keys."))
+@click.argument("config", type=click.Path())
+@click.argument("overrides", nargs=-1)
+@with_options(data_options)
+@click.option("--json", "json_out", is_flag=True)
+def run(config, overrides, data, data_dir, device, json_out):
+    from .config import load_config
+    from .pipeline import run_config
+
+    cfg = load_config(config, list(overrides))
+    results = []
+
+    def on_stage(i, name, out, result):
+        results.append({"stage": name, "output": str(out), **_jsonable(result)})
+        if not json_out:
+            _print_result(f"[{i}] {name}", out, result)
+
+    with ProgressBar("run") as bar:
+        ctx = make_context(data or cfg.data.name, data_dir or cfg.data.root, device if device != "auto" else cfg.device, cfg.seed, bar)
+        run_config(cfg, ctx, on_stage)
+    if json_out:
+        click.echo(json.dumps({"config": config, "stages": results}))
+
+
+@main.command(help=_help("validate", "Check a config without running it."))
+@click.argument("config", type=click.Path())
+@click.argument("overrides", nargs=-1)
+def validate(config, overrides):
+    from .config import load_config
+
+    cfg = load_config(config, list(overrides))
+    click.echo(f"{config}: ok — {len(cfg.stages)} stage(s): {', '.join(n for n, _ in cfg.stages)}")
+
+
+@main.command("list", help=_help("list", "List architectures, datasets, stages and quantization schemes."))
+@click.option("--json", "json_out", is_flag=True)
+def list_cmd(json_out):
+    from . import available
+
+    info = available()
+    if json_out:
+        click.echo(json.dumps(info))
+        return
+    for key, names in info.items():
+        click.echo(f"{key}: {', '.join(names)}")
+
+
+if __name__ == "__main__":
+    main()

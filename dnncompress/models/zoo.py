@@ -1,0 +1,96 @@
+"""The architecture registry: zoo names, `torchvision:NAME`, and any `package.module:factory`."""
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+import torch.nn as nn
+
+from ..errors import UserError
+from ..registry import Registry
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    factory: Callable[..., nn.Module]
+    input_shape: tuple[int, int, int]
+    params: int  # parameter count at the default input shape and 10 classes; checked by the tests
+
+
+ARCHS: Registry[ArchSpec] = Registry("architecture")
+
+
+def register_arch(name: str, input_shape: tuple[int, int, int], params: int):
+    def add(factory):
+        ARCHS.register(name)(ArchSpec(factory, input_shape, params))
+        return factory
+
+    return add
+
+
+def _accepted_kwargs(factory: Callable, kwargs: dict) -> dict:
+    """Only the kwargs the factory takes, so dataset-derived hints never break a user factory."""
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return dict(kwargs)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(kwargs)
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def _resolve(arch: str) -> Callable[..., nn.Module]:
+    if arch in ARCHS:
+        return ARCHS.get(arch).factory
+    if arch.startswith("torchvision:"):
+        name = arch.split(":", 1)[1]
+        import torchvision.models as tvm
+
+        available = tvm.list_models()
+        if name not in available:
+            from ..registry import did_you_mean
+
+            raise UserError(f"unknown torchvision model '{name}'{did_you_mean(name, available)}")
+
+        def tv_factory(num_classes: int = 1000, **kw):
+            return tvm.get_model(name, weights=None, num_classes=num_classes)
+
+        return tv_factory
+    if ":" in arch:
+        module_name, attr = arch.split(":", 1)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise UserError(f"cannot import '{module_name}' for architecture '{arch}': {e}") from None
+        try:
+            factory = getattr(module, attr)
+        except AttributeError:
+            raise UserError(f"module '{module_name}' has no attribute '{attr}' (architecture '{arch}')") from None
+        if not callable(factory):
+            raise UserError(f"architecture '{arch}' is not callable")
+        return factory
+    ARCHS.get(arch)  # raises the did-you-mean error
+    raise AssertionError("unreachable")
+
+
+def build_model(arch: str, arch_kwargs: dict | None = None) -> nn.Module:
+    """Build `arch` with the kwargs it accepts; a zoo name, `torchvision:NAME` or `module:factory`."""
+    factory = _resolve(arch)
+    try:
+        model = factory(**_accepted_kwargs(factory, arch_kwargs or {}))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"cannot build '{arch}' with {arch_kwargs}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise UserError(f"architecture '{arch}' returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def default_input_shape(arch: str) -> tuple[int, int, int]:
+    """The input a zoo model is made for; (3, 224, 224) for torchvision, (1, 28, 28) when unknown."""
+    if arch in ARCHS:
+        return ARCHS.get(arch).input_shape
+    if arch.startswith("torchvision:"):
+        return (3, 224, 224)
+    return (1, 28, 28)

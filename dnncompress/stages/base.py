@@ -1,0 +1,99 @@
+"""The stage contract: checkpoint dict in → StageOutput out. Adding a stage is one small file
+that calls `register_stage`; the CLI command and `dnncompress run` both go through `execute`."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from ..checkpoint import save_checkpoint
+from ..data import DataBundle, load_data
+from ..errors import UserError
+from ..fileio import atomic_path
+from ..models import default_input_shape
+from ..registry import Registry
+from ..runstate import record_output
+
+
+@dataclass
+class StageOutput:
+    checkpoint: dict
+    result: dict = field(default_factory=dict)
+    writer: Callable[[Path], dict] | None = None  # writes a non-checkpoint artifact (e.g. .dnc); returns extra result
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    params: type
+    run: Callable[[dict | None, Any, "Context"], StageOutput]
+    suffix: str
+    ext: str = ".pt"
+    needs_input: bool = True
+    summary: str = ""
+
+
+STAGES: Registry[Stage] = Registry("stage")
+
+
+def register_stage(name: str, params: type, suffix: str | None = None, ext: str = ".pt", needs_input: bool = True, summary: str = ""):
+    def add(fn):
+        STAGES.register(name)(Stage(name, params, fn, suffix or name, ext, needs_input, summary or (fn.__doc__ or "").strip().split("\n")[0]))
+        return fn
+
+    return add
+
+
+@dataclass
+class Context:
+    """What a stage may need besides its params: data, device, seed, progress and log callbacks."""
+
+    data_name: str | None = None
+    data_dir: str | None = None
+    device: str = "auto"
+    seed: int = 0
+    progress: Callable[[dict], None] | None = None
+    log: Callable[[str], None] = lambda msg: None
+    run_dir: str | None = None
+    _cache: dict = field(default_factory=dict)
+
+    def data_for(self, ckpt: dict | None, arch: str | None = None) -> DataBundle:
+        """The context's dataset if set, else the one the checkpoint was trained on (cached)."""
+        ds = (ckpt or {}).get("dataset", {}) or {}
+        name = self.data_name or ds.get("name")
+        if not name:
+            raise UserError("no dataset known for this checkpoint; pass --data NAME")
+        data_dir = self.data_dir if self.data_name or self.data_dir else ds.get("data_dir")
+        arch = arch or (ckpt or {}).get("arch")
+        shape = tuple(ds.get("input_shape") or default_input_shape(arch or ""))
+        key = (name, data_dir, shape)
+        if key not in self._cache:
+            self._cache[key] = load_data(name, data_dir, input_shape=shape, seed=self.seed)
+        return self._cache[key]
+
+
+def params_dict(params: Any) -> dict:
+    return dataclasses.asdict(params) if dataclasses.is_dataclass(params) else dict(params or {})
+
+
+def execute(name: str, params: Any, ckpt: dict | None, out_path: Path, ctx: Context, main_process: bool = True) -> tuple[dict, dict]:
+    """Run one stage, append it to the history, write its output atomically, record it in the run state."""
+    stage = STAGES.get(name)
+    if stage.needs_input and ckpt is None:
+        raise UserError(f"stage '{name}' needs an input checkpoint")
+    t0 = time.perf_counter()
+    out = stage.run(ckpt, params, ctx)
+    seconds = time.perf_counter() - t0
+    result = dict(out.result)
+    if main_process:
+        if out.writer is not None:
+            with atomic_path(out_path) as tmp:
+                result.update(out.writer(tmp))
+        entry = {"stage": name, "config": params_dict(params), "seconds": round(seconds, 3), "result": result}
+        out.checkpoint.setdefault("history", []).append(entry)
+        if out.writer is None:
+            save_checkpoint(out.checkpoint, out_path)
+        record_output(out_path, name, ctx.run_dir)
+    return out.checkpoint, result

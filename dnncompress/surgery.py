@@ -1,0 +1,152 @@
+"""Puts masks and quantizers onto any nn.Module as weight parametrizations, and takes them off.
+
+One `CompressedWeight` parametrization per compressed weight: the stored parameter stays the
+fp32 shadow weight; the forward pass sees `quantize(weight * mask)`. Gradients reach the
+shadow weight through the straight-through estimator. This works for every module with a
+`weight` of 2+ dims (Conv, Linear, user modules), not only the zoo.
+"""
+from __future__ import annotations
+
+import fnmatch
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+from torch.nn.utils import parametrize
+
+from .models import build_model
+
+SUFFIX = ".parametrizations.weight.original"
+
+
+class CompressedWeight(nn.Module):
+    """weight → quantizer(weight · mask); either part may be absent."""
+
+    def __init__(self, mask: torch.Tensor | None = None, quantizer: nn.Module | None = None):
+        super().__init__()
+        self.register_buffer("mask", mask.to(torch.bool) if mask is not None else None)
+        self.quantizer = quantizer
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if self.mask is not None:
+            w = w * self.mask
+        if self.quantizer is not None:
+            w = self.quantizer(w, self.mask)
+        return w
+
+
+def compressible_layers(model: nn.Module, include: Iterable[str] = ("*",), exclude: Iterable[str] = ()) -> dict[str, nn.Module]:
+    """Modules with a 2+-dim `weight` parameter whose name matches include and not exclude (fnmatch)."""
+    include, exclude = list(include), list(exclude)
+    out = {}
+    for name, module in model.named_modules():
+        w = module.parametrizations["weight"].original if parametrize.is_parametrized(module, "weight") else getattr(module, "weight", None)
+        if not isinstance(w, torch.Tensor) or w.dim() < 2:
+            continue
+        if not any(fnmatch.fnmatchcase(name, p) for p in include):
+            continue
+        if any(fnmatch.fnmatchcase(name, p) for p in exclude):
+            continue
+        out[name] = module
+    return out
+
+
+def compression_of(module: nn.Module) -> CompressedWeight | None:
+    if parametrize.is_parametrized(module, "weight"):
+        for p in module.parametrizations["weight"]:
+            if isinstance(p, CompressedWeight):
+                return p
+    return None
+
+
+def attach(module: nn.Module, mask: torch.Tensor | None = None, quantizer: nn.Module | None = None) -> CompressedWeight:
+    """Give `module.weight` a CompressedWeight (or update the one it has)."""
+    comp = compression_of(module)
+    if comp is None:
+        comp = CompressedWeight(mask, quantizer)
+        parametrize.register_parametrization(module, "weight", comp, unsafe=True)
+        return comp
+    if mask is not None:
+        comp.mask = mask.to(torch.bool).to(comp.mask.device if comp.mask is not None else mask.device)
+    if quantizer is not None:
+        comp.quantizer = quantizer
+    return comp
+
+
+def shadow_weight(module: nn.Module) -> torch.Tensor:
+    if parametrize.is_parametrized(module, "weight"):
+        return module.parametrizations["weight"].original
+    return module.weight
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state_dict with shadow weights under their plain names and no parametrization buffers."""
+    out = {}
+    for key, value in model.state_dict().items():
+        if key.endswith(SUFFIX):
+            out[key[: -len(SUFFIX)] + ".weight"] = value.detach().cpu().clone()
+        elif ".parametrizations." in key:
+            continue
+        else:
+            out[key] = value.detach().cpu().clone()
+    return out
+
+
+def masks_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, module in model.named_modules():
+        comp = compression_of(module)
+        if comp is not None and comp.mask is not None:
+            out[name] = comp.mask.detach().cpu().clone()
+    return out
+
+
+def quant_state_of(model: nn.Module) -> dict[str, dict]:
+    out = {}
+    for name, module in model.named_modules():
+        comp = compression_of(module)
+        if comp is not None and comp.quantizer is not None:
+            out[name] = comp.quantizer.export_state()
+    return out
+
+
+def model_from_checkpoint(ckpt: dict, with_compression: bool = True) -> nn.Module:
+    """Build the checkpoint's model with its fp32 weights, masks and quantizers in place."""
+    model = build_model(ckpt["arch"], ckpt.get("arch_kwargs"))
+    model.load_state_dict(ckpt["state_dict"])
+    if with_compression:
+        modules = dict(model.named_modules())
+        quant = ckpt.get("quant", {}) or {}
+        for name in sorted(set(ckpt.get("masks", {})) | set(quant)):
+            if name not in modules:
+                from .errors import UserError
+
+                raise UserError(f"checkpoint names layer '{name}', which the model '{ckpt['arch']}' does not have")
+            quantizer = None
+            if name in quant:
+                from .quant import quantizer_from_state
+
+                quantizer = quantizer_from_state(quant[name])
+            attach(modules[name], ckpt.get("masks", {}).get(name), quantizer)
+    return model
+
+
+def update_checkpoint(ckpt: dict, model: nn.Module) -> dict:
+    """Write the model's shadow weights, masks and quantizer states back into `ckpt` (in place)."""
+    ckpt["state_dict"] = plain_state_dict(model)
+    ckpt["masks"] = masks_of(model)
+    ckpt["quant"] = quant_state_of(model)
+    return ckpt
+
+
+@torch.no_grad()
+def effective_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What inference sees: masked, dequantized weights under plain names (for unpack/export)."""
+    out = plain_state_dict(model)
+    model_was_training = model.training
+    model.eval()
+    for name, module in model.named_modules():
+        if parametrize.is_parametrized(module, "weight"):
+            out[f"{name}.weight" if name else "weight"] = module.weight.detach().cpu().clone()
+    model.train(model_was_training)
+    return out

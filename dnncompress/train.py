@@ -1,0 +1,193 @@
+"""Training, fine-tuning and evaluation loops: device auto, AMP on GPU, fixed seeds, DDP under torchrun.
+
+The loop knows nothing about pruning or quantization: those live on the model as
+parametrizations (see `surgery`), and stage-specific work plugs in through `hooks`
+(an object with optional `on_step(step, total)` and `penalty(model)` methods).
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+Progress = Callable[[dict], None]
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 3
+    lr: float = 2e-3
+    batch_size: int = 32
+    optimizer: str = "adam"  # adam | sgd
+    schedule: str = "onecycle"  # onecycle | cosine | constant
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    seed: int = 0
+    device: str = "auto"
+    augment: bool = False
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def distributed_env() -> tuple[int, int]:
+    """(rank, world size) as torchrun sets them; (0, 1) outside torchrun."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _init_distributed(device: torch.device) -> bool:
+    rank, world = distributed_env()
+    if world <= 1:
+        return False
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return True
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """CIFAR augmentation on a batch tensor: random 4-pixel-padded crop and horizontal flip."""
+    n, _, h, w = x.shape
+    padded = F.pad(x, (4, 4, 4, 4))
+    dx = torch.randint(0, 9, (n,), generator=gen)
+    dy = torch.randint(0, 9, (n,), generator=gen)
+    flip = torch.rand(n, generator=gen) < 0.5
+    out = torch.empty_like(x)
+    for i in range(n):  # per-image crop; n ≤ batch size, cheap next to the forward pass
+        img = padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w]
+        out[i] = img.flip(-1) if flip[i] else img
+    return out
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: TensorDataset, batch_size: int = 500, device: str = "auto") -> dict:
+    """Top-1 accuracy (percent) and mean cross-entropy over the whole dataset."""
+    dev = pick_device(device)
+    model = model.to(dev)
+    was_training = model.training
+    model.eval()
+    x_all, y_all = dataset.tensors
+    correct, loss_sum = 0, 0.0
+    for i in range(0, len(x_all), batch_size):
+        x, y = x_all[i : i + batch_size].to(dev), y_all[i : i + batch_size].to(dev)
+        with _autocast(dev):
+            out = model(x)
+        loss_sum += F.cross_entropy(out.float(), y, reduction="sum").item()
+        correct += (out.argmax(1) == y).sum().item()
+    model.train(was_training)
+    n = len(x_all)
+    return {"accuracy": 100.0 * correct / max(n, 1), "loss": loss_sum / max(n, 1), "n": n}
+
+
+def _make_optimizer(params, s: TrainSettings) -> torch.optim.Optimizer:
+    if s.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay, nesterov=True)
+    return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+
+
+def _make_schedule(opt, s: TrainSettings, total_steps: int):
+    if s.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=s.lr, total_steps=max(total_steps, 1))
+    if s.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(total_steps, 1))
+    return None
+
+
+def train(
+    model: nn.Module,
+    train_set: TensorDataset,
+    settings: TrainSettings,
+    hooks: Sequence[object] = (),
+    progress: Progress | None = None,
+) -> dict:
+    """Train in place; returns {'steps', 'seconds', 'final_loss', 'train_accuracy'}.
+
+    Under torchrun (WORLD_SIZE > 1) every rank shuffles with the same seed and takes its own
+    slice of each epoch, gradients are averaged by DDP, so all ranks end with identical weights.
+    """
+    seed_everything(settings.seed)
+    device = pick_device(settings.device)
+    model.to(device).train()
+    distributed = _init_distributed(device)
+    rank, world = distributed_env()
+    net: nn.Module = nn.parallel.DistributedDataParallel(model) if distributed else model
+    x_all, y_all = train_set.tensors
+    per_rank = len(x_all) // world
+    steps_per_epoch = max(math.ceil(per_rank / settings.batch_size), 1)
+    total = steps_per_epoch * settings.epochs
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = _make_optimizer(params, settings)
+    sched = _make_schedule(opt, settings, total)
+    gen = torch.Generator().manual_seed(settings.seed)
+    if progress:
+        progress({"kind": "start", "total": total, "epochs": settings.epochs})
+    step, t0, loss_val, correct, seen = 0, time.perf_counter(), float("nan"), 0, 0
+    for epoch in range(settings.epochs):
+        perm = torch.randperm(len(x_all), generator=gen)[: per_rank * world]
+        mine = perm[rank::world] if world > 1 else perm
+        correct, seen, loss_sum = 0, 0, 0.0
+        for b in range(steps_per_epoch):
+            idx = mine[b * settings.batch_size : (b + 1) * settings.batch_size]
+            if len(idx) == 0:
+                continue
+            x, y = x_all[idx], y_all[idx]
+            if settings.augment:
+                x = _augment(x, gen)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            for h in hooks:
+                if hasattr(h, "on_step"):
+                    h.on_step(step, total)
+            with _autocast(device):
+                out = net(x)
+                loss = F.cross_entropy(out.float(), y)
+                for h in hooks:
+                    if hasattr(h, "penalty"):
+                        loss = loss + h.penalty(model)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            step += 1
+            loss_val = loss.item()
+            loss_sum += loss_val * len(idx)
+            correct += (out.argmax(1) == y).sum().item()
+            seen += len(idx)
+            if progress:
+                progress({"kind": "step", "step": step, "epoch": epoch + 1, "loss": loss_val, "accuracy": 100.0 * correct / seen})
+        if progress:
+            progress({"kind": "epoch", "epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "accuracy": 100.0 * correct / max(seen, 1)})
+    for h in hooks:
+        if hasattr(h, "on_end"):
+            h.on_end()
+    return {
+        "steps": step,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "final_loss": loss_val,
+        "train_accuracy": 100.0 * correct / max(seen, 1),
+        "world_size": world,
+    }
