@@ -63,6 +63,17 @@ def _init_distributed(device: torch.device) -> bool:
     return True
 
 
+def weights_digest(model: nn.Module) -> str:
+    """SHA-256 over every parameter and buffer: equal digests mean bit-identical weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """CIFAR augmentation on a batch tensor: random 4-pixel-padded crop and horizontal flip."""
     n, _, h, w = x.shape
@@ -184,7 +195,13 @@ def train(
     for h in hooks:
         if hasattr(h, "on_end"):
             h.on_end()
+    extra = {}
+    if distributed:
+        digests = [None] * world
+        dist.all_gather_object(digests, weights_digest(model))
+        extra["rank_digests"] = digests
     return {
+        **extra,
         "steps": step,
         "seconds": round(time.perf_counter() - t0, 3),
         "final_loss": loss_val,
