@@ -17,6 +17,7 @@ EXAMPLES = {
     "run": "dnncompress run configs/fourval.yaml stages.1.finetune.epochs=1",
     "validate": "dnncompress validate configs/fourval.yaml",
     "list": "dnncompress list",
+    "quantize": "dnncompress quantize base.pt --scheme fourval --exclude conv1 -o q.pt",
 }
 
 
@@ -224,11 +225,16 @@ def eval_cmd(checkpoint, data, data_dir, device, arch, trust, json_out):
     bundle = ctx.data_for(ckpt)
     model = model_from_checkpoint(ckpt)
     metrics = evaluate(model, bundle.test, device=device)
+    from .quant import quantization_summary
+
+    layers = quantization_summary(model)
     out = {"checkpoint": str(path), "arch": ckpt["arch"], "dataset": bundle.name, **metrics,
-           "quantized_layers": len(ckpt.get("quant", {})), "masked_layers": len(ckpt.get("masks", {}))}
+           "quantized_layers": len(layers), "masked_layers": len(ckpt.get("masks", {})), "layers": layers}
     if json_out:
         click.echo(json.dumps(out))
     else:
+        if layers:
+            print_layers(layers, f"{path}: quantized layers")
         click.echo(f"{path}: {ckpt['arch']} on {bundle.name} ({metrics['n']} test images) — accuracy {metrics['accuracy']:.2f}%, loss {metrics['loss']:.4f}")
 
 
@@ -250,6 +256,60 @@ def finetune(checkpoint, data, data_dir, device, arch, trust, epochs, lr, batch_
     path, ckpt = load_input(checkpoint, arch, trust)
     with ProgressBar("finetune") as bar:
         run_stage("finetune", params, path, ckpt, output, make_context(data, data_dir, device, seed, bar), json_out)
+
+
+def print_layers(rows: list[dict], title: str) -> None:
+    """A rich table of per-layer quantization results (stdout: it is the command's result)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("layer", "scheme", "bits", "params", "nonzeros", "distinct", "rel. L2 error"):
+        table.add_column(col, justify="left" if col in ("layer", "scheme") else "right")
+    for r in rows:
+        table.add_row(r["layer"], r["scheme"], str(r["bits"]), f"{r['params']:,}", f"{r['nonzeros']:,}",
+                      str(r["distinct_values"]), f"{r['rel_error']:.4f}")
+    Console().print(table)
+
+
+def _parse_overrides(items) -> dict:
+    """--override 'conv1:bits=8' (repeatable) → {'conv1': {'bits': 8}}."""
+    import yaml
+
+    out: dict = {}
+    for item in items:
+        if ":" not in item or "=" not in item.split(":", 1)[1]:
+            raise UserError(f"--override '{item}' must look like PATTERN:key=value, e.g. conv1:bits=8")
+        pattern, kv = item.split(":", 1)
+        key, value = kv.split("=", 1)
+        out.setdefault(pattern, {})[key] = yaml.safe_load(value)
+    return out
+
+
+@main.command(help=_help("quantize", "Quantize every Conv/Linear weight (post-training); fine-tune afterwards for QAT."))
+@click.argument("checkpoint", required=False)
+@click.option("--scheme", required=True, help="fourval, ternary, asym-ternary, asym-quaternary, codebook")
+@click.option("--bits", type=int, default=None, help="bits per weight (codebook: 2–8; the others are 2-bit)")
+@click.option("--codebook", "mode", type=click.Choice(["static", "dynamic"]), default=None, help="codebook: SQC (static) or DQC (dynamic)")
+@click.option("--zero/--no-zero", default=None, help="codebook: keep an exact zero value")
+@click.option("--init", type=click.Choice(["kmeans", "linear", "pow2"]), default=None, help="codebook initialisation")
+@click.option("--rule", type=click.Choice(["twn", "exact"]), default=None, help="ternary: TWN threshold rule or exact L2 fit")
+@click.option("--per-channel", is_flag=True, help="one scale per output channel (fourval, ternary, asym)")
+@click.option("--refit", type=click.Choice(["fast", "exact", "none"]), default="fast", show_default=True, help="scale re-fit per QAT step")
+@click.option("--exclude", multiple=True, help="fnmatch pattern of layer names to leave in fp32 (repeatable)")
+@click.option("--override", "overrides", multiple=True, help="per-layer option, PATTERN:key=value (e.g. conv1:bits=8)")
+@with_options(data_options + input_options)
+@click.option("-o", "--output", default=None, type=click.Path())
+@click.option("--json", "json_out", is_flag=True)
+def quantize(checkpoint, scheme, bits, mode, zero, init, rule, per_channel, refit, exclude, overrides, data, data_dir, device, arch, trust, output, json_out):
+    from .stages.quantize import QuantizeParams
+
+    params = QuantizeParams(scheme=scheme, bits=bits, per_channel=per_channel, rule=rule, codebook=mode, zero=zero, init=init,
+                            refit=refit, exclude=list(exclude), overrides=_parse_overrides(overrides))
+    path, ckpt = load_input(checkpoint, arch, trust)
+    out, _, result = run_stage("quantize", params, path, ckpt, output, make_context(data, data_dir, device), json_out)
+    if not json_out:
+        print_layers(result["layers"], f"{scheme} → {out}")
 
 
 @main.command(help=_help("run", "Run a YAML config's stages in order; KEY=VALUE pairs override config keys."))

@@ -1,0 +1,85 @@
+"""Quantize any nn.Module: attach a fitted quantizer to every matching layer's weight."""
+from __future__ import annotations
+
+import fnmatch
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+
+from ..errors import UserError
+from .base import make_quantizer
+
+
+def _options_for(name: str, base: dict, overrides: dict | None) -> dict:
+    """Base options updated by every override whose fnmatch pattern matches the layer name, in order."""
+    opts = dict(base)
+    for pattern, extra in (overrides or {}).items():
+        if fnmatch.fnmatchcase(name, pattern):
+            if not isinstance(extra, dict):
+                raise UserError(f"override for '{pattern}' must be a mapping like {{bits: 8}}")
+            opts.update(extra)
+    return opts
+
+
+def quantize(
+    model: nn.Module,
+    scheme: str = "fourval",
+    include: Iterable[str] = ("*",),
+    exclude: Iterable[str] = (),
+    overrides: dict | None = None,
+    **options,
+) -> list[dict]:
+    """Put a fitted quantizer on each Conv/Linear (any module with a 2-D+ weight) matching include/exclude.
+
+    `overrides` maps fnmatch patterns of module names to option dicts (e.g. {"conv1": {"bits": 8}});
+    an override may also change the scheme, or set `skip: true` to leave a layer in fp32.
+    Existing pruning masks are respected. Returns the per-layer summary.
+    """
+    from ..surgery import attach, compressible_layers, compression_of, shadow_weight
+
+    layers = compressible_layers(model, include, exclude)
+    if not layers:
+        raise UserError("no layer matched: quantize needs modules with a 2-D+ weight (check include/exclude patterns)")
+    summary = []
+    for name, module in layers.items():
+        opts = _options_for(name, {"scheme": scheme, **options}, overrides)
+        if opts.pop("skip", False):
+            continue
+        q = make_quantizer(opts.pop("scheme"), **opts)
+        comp = compression_of(module)
+        mask = comp.mask if comp is not None else None
+        w = shadow_weight(module)
+        q.to(w.device).fit(w.detach(), mask)
+        attach(module, quantizer=q)
+        summary.append(layer_summary(name, module))
+    return summary
+
+
+@torch.no_grad()
+def layer_summary(name: str, module: nn.Module) -> dict:
+    from ..surgery import compression_of, shadow_weight
+
+    comp = compression_of(module)
+    q = comp.quantizer
+    w = shadow_weight(module).detach().float()
+    mask = comp.mask
+    wm = w * mask if mask is not None else w
+    was = q.training
+    q.eval()
+    wq = q(w, mask)
+    q.train(was)
+    err = float((wq - wm).norm() / wm.norm().clamp_min(1e-12))
+    return {
+        "layer": name, "scheme": q.describe(), "bits": q.bits, "per_channel": q.per_channel,
+        "params": w.numel(), "nonzeros": int((wq != 0).sum()),
+        "distinct_values": int(torch.unique(wq).numel()),
+        "levels": [round(v, 6) for v in q.levels[0].tolist()] if q.levels.shape[0] == 1 else f"{q.levels.shape[0]} rows × {q.levels.shape[1]}",
+        "rel_error": err,
+    }
+
+
+def quantization_summary(model: nn.Module) -> list[dict]:
+    from ..surgery import compression_of
+
+    return [layer_summary(n, m) for n, m in model.named_modules() if (c := compression_of(m)) is not None and c.quantizer is not None]

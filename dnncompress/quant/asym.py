@@ -1,0 +1,60 @@
+"""Asymmetric ternary {−αn,0,+αp} and quaternary {−2αn,−αn,+αp,+2αp} (seed 003).
+
+Positive and negative weights are fitted independently, each half exactly (sorted-prefix);
+zero-valued weights count with the positive half.
+"""
+from __future__ import annotations
+
+import torch
+
+from .base import SCHEMES, Quantizer
+from .exact import fourval_alpha, fourval_refine, ternary_alpha, ternary_refine
+
+
+def _halves(rows, valid):
+    pos = valid & (rows >= 0)
+    neg = valid & (rows < 0)
+    return rows.abs(), pos, neg
+
+
+@SCHEMES.register("asym-ternary")
+class AsymTernary(Quantizer):
+    scheme = "asym-ternary"
+
+    @property
+    def num_levels(self) -> int:
+        return 3
+
+    @staticmethod
+    def _table(ap, an):
+        return torch.cat([-an, torch.zeros_like(ap), ap], 1), torch.cat([-an / 2, ap / 2], 1)
+
+    def _fit(self, rows, valid):
+        a, pos, neg = _halves(rows, valid)
+        return self._table(ternary_alpha(a, pos), ternary_alpha(a, neg))
+
+    def _refine(self, rows, valid):
+        a, pos, neg = _halves(rows, valid)
+        ap = ternary_refine(a, pos, self.levels[:, 2:3].detach().float())
+        an = ternary_refine(a, neg, -self.levels[:, 0:1].detach().float())
+        return self._table(ap, an)
+
+
+@SCHEMES.register("asym-quaternary")
+class AsymQuaternary(Quantizer):
+    scheme = "asym-quaternary"
+
+    @staticmethod
+    def _table(ap, an):
+        levels = torch.cat([-2 * an, -an, ap, 2 * ap], 1)
+        return levels, torch.cat([-1.5 * an, torch.zeros_like(ap), 1.5 * ap], 1)
+
+    def _fit(self, rows, valid):
+        a, pos, neg = _halves(rows, valid)
+        return self._table(fourval_alpha(a, pos), fourval_alpha(a, neg))
+
+    def _refine(self, rows, valid):
+        a, pos, neg = _halves(rows, valid)
+        ap = fourval_refine(a, pos, self.levels[:, 2:3].detach().float())
+        an = fourval_refine(a, neg, -self.levels[:, 1:2].detach().float())
+        return self._table(ap, an)

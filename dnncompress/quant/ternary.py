@@ -1,0 +1,51 @@
+"""Ternary weights {−α,0,+α}: the TWN rule (Δ = 0.7·mean|W|) or the exact L2 fit (`rule: exact`)."""
+from __future__ import annotations
+
+import torch
+
+from ..errors import UserError
+from .base import SCHEMES, Quantizer
+from .exact import ternary_alpha, ternary_refine
+
+
+def _table(alpha: torch.Tensor, delta: torch.Tensor):
+    levels = torch.cat([-alpha, torch.zeros_like(alpha), alpha], dim=1)
+    thresholds = torch.cat([-delta, delta], dim=1)
+    return levels, thresholds
+
+
+def twn_fit(rows: torch.Tensor, valid: torch.Tensor):
+    """Li & Liu's rule: Δ = 0.7·mean|w|, α = mean of |w| above Δ."""
+    a = torch.where(valid, rows.abs(), torch.zeros_like(rows))
+    n = valid.sum(1, keepdim=True).clamp_min(1)
+    delta = 0.7 * a.sum(1, keepdim=True) / n
+    big = a > delta
+    alpha = (a * big).sum(1, keepdim=True) / big.sum(1, keepdim=True).clamp_min(1)
+    return alpha, delta
+
+
+@SCHEMES.register("ternary")
+class Ternary(Quantizer):
+    scheme = "ternary"
+    option_names = ("rule",)
+
+    def __init__(self, *args, rule: str = "twn", **kw):
+        if rule not in ("twn", "exact"):
+            raise UserError(f"ternary rule must be 'twn' or 'exact', got '{rule}'")
+        super().__init__(*args, rule=rule, **kw)
+
+    @property
+    def num_levels(self) -> int:
+        return 3
+
+    def _fit(self, rows, valid):
+        if self.options["rule"] == "twn":
+            return _table(*twn_fit(rows, valid))
+        alpha = ternary_alpha(rows.abs(), valid)
+        return _table(alpha, alpha / 2)
+
+    def _refine(self, rows, valid):
+        if self.options["rule"] == "twn":
+            return self._fit(rows, valid)  # the TWN rule is already O(n)
+        alpha = ternary_refine(rows.abs(), valid, self.levels[:, 2:3].detach().float())
+        return _table(alpha, alpha / 2)

@@ -1,0 +1,59 @@
+"""The `quantize` stage: post-training fit of a scheme to every layer (fine-tune afterwards for QAT)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..checkpoint import derive
+from ..errors import UserError
+from ..quant import SCHEMES, quantize
+from ..surgery import model_from_checkpoint, update_checkpoint
+from ..train import evaluate
+from .base import Context, StageOutput, register_stage
+
+
+@dataclass
+class QuantizeParams:
+    scheme: str = "fourval"
+    bits: int | None = None
+    per_channel: bool = False
+    rule: Literal["twn", "exact"] | None = None  # ternary only
+    codebook: Literal["static", "dynamic"] | None = None  # codebook only (mode)
+    zero: bool | None = None  # codebook only
+    init: Literal["kmeans", "linear", "pow2"] | None = None  # codebook only
+    grad: Literal["sum", "mean"] | None = None  # dynamic codebook only
+    refit_every: int | None = None  # dynamic codebook only
+    refit: Literal["fast", "exact", "none"] = "fast"  # scale re-fit per QAT step (fourval/ternary/asym)
+    include: list = field(default_factory=lambda: ["*"])
+    exclude: list = field(default_factory=list)
+    overrides: dict = field(default_factory=dict)
+    evaluate: bool = True
+
+    def __post_init__(self):
+        SCHEMES.get(self.scheme)  # did-you-mean for unknown schemes
+        self.quantizer_options()  # conflicts fail at validation time, not after loading data
+        from ..quant import make_quantizer
+
+        make_quantizer(self.scheme, **self.quantizer_options())
+
+    def quantizer_options(self) -> dict:
+        opts = {"bits": self.bits, "per_channel": self.per_channel, "refit": self.refit, "rule": self.rule,
+                "mode": self.codebook, "zero": self.zero, "init": self.init, "grad": self.grad, "refit_every": self.refit_every}
+        return {k: v for k, v in opts.items() if v is not None}
+
+
+@register_stage("quantize", QuantizeParams, suffix="q")
+def quantize_stage(ckpt, p: QuantizeParams, ctx: Context) -> StageOutput:
+    """Fit a quantization scheme to every layer; masks are respected, eval then sees the quantized model."""
+    model = model_from_checkpoint(ckpt)
+    if ckpt.get("quant"):
+        raise UserError("this checkpoint is already quantized; quantize its unquantized parent instead")
+    summary = quantize(model, p.scheme, p.include, p.exclude, p.overrides, **p.quantizer_options())
+    out = update_checkpoint(derive(ckpt), model)
+    result = {"layers": summary}
+    if p.evaluate:
+        bundle = ctx.data_for(ckpt)
+        metrics = evaluate(model, bundle.test, device=ctx.device)
+        out["metrics"] = {**ckpt.get("metrics", {}), "accuracy": metrics["accuracy"], "loss": metrics["loss"]}
+        result.update(metrics)
+    return StageOutput(out, result)
