@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from .errors import UserError  # noqa: E402
+from .quant import quantization_summary, quantize  # noqa: E402
 
 
 def available() -> dict[str, list[str]]:
@@ -27,4 +28,4 @@ def available() -> dict[str, list[str]]:
     return out
 
 
-__all__ = ["UserError", "available", "load_checkpoint", "save_checkpoint", "__version__"]
+__all__ = ["UserError", "available", "load_checkpoint", "quantization_summary", "quantize", "save_checkpoint", "__version__"]

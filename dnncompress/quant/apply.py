@@ -38,6 +38,8 @@ def quantize(
     """
     from ..surgery import attach, compressible_layers, compression_of, shadow_weight
 
+    if "codebook" in options:  # the CLI's name for the codebook mode
+        options["mode"] = options.pop("codebook")
     layers = compressible_layers(model, include, exclude)
     if not layers:
         raise UserError("no layer matched: quantize needs modules with a 2-D+ weight (check include/exclude patterns)")

@@ -70,6 +70,13 @@ class Codebook(Quantizer):
     def _zero_index(self) -> int:
         return int(self.levels.detach().abs().argmin())
 
+    def encode(self, w: torch.Tensor) -> torch.Tensor:
+        """Nearest value by index into `levels` as stored. Trained values may cross, but the parameter is
+        never reordered (that would scramble the optimizer's per-value state): we search a sorted view."""
+        ordered, order = torch.sort(self.levels.detach(), dim=1)
+        rows = w.detach().reshape(1, -1).float().contiguous()
+        return order[0][torch.searchsorted(midpoints(ordered).contiguous(), rows)].reshape(w.shape)
+
     def _shape_grad(self, grad: torch.Tensor) -> torch.Tensor:
         """Dynamic codebook gradient: keep the zero fixed; 'mean' divides by the assignment counts."""
         grad = grad.clone()
@@ -83,10 +90,6 @@ class Codebook(Quantizer):
     def forward(self, w, mask=None):
         if not self.fitted:
             self.fit(w, mask)
-        if self.options["mode"] == "dynamic":
-            with torch.no_grad():  # values may cross while training: keep them ordered
-                self.levels.data = torch.sort(self.levels.data, dim=1).values
-                self.thresholds = midpoints(self.levels.data)
         codes = self.encode(w)
         if self.training:
             self._last_codes = codes.detach()
@@ -104,8 +107,15 @@ class Codebook(Quantizer):
         rows, valid = self._rows(w.float(), mask)
         values = torch.sort(rows[valid]).values
         with torch.no_grad():
-            self.levels.data = lloyd_sorted(values, self.levels.data[0], iters=10, pin_zero=self.options["zero"]).unsqueeze(0)
-            self.thresholds = midpoints(self.levels.data)
+            order = torch.argsort(self.levels.data[0])
+            fitted = lloyd_sorted(values, self.levels.data[0], iters=100, pin_zero=self.options["zero"])
+            self.levels.data[0, order] = fitted  # keep each value in its slot (optimizer state stays aligned)
+            self.thresholds = midpoints(fitted.unsqueeze(0))
+
+    def export_state(self) -> dict:
+        state = super().export_state()
+        state["thresholds"] = midpoints(torch.sort(state["levels"], dim=1).values)
+        return state
 
     def describe(self) -> str:
         o = self.options
