@@ -124,7 +124,7 @@ def test_fast_refine_tracks_the_exact_fit():
     q.train()
     q(w2)
     exact = make_quantizer("fourval").fit(w2).levels
-    assert torch.allclose(q.levels, exact, rtol=2e-3)  # one cheap step lands close
+    assert torch.allclose(q.levels, exact, rtol=5e-3)  # one cheap step lands close
     for _ in range(5):
         q(w2)
     assert torch.allclose(q.levels, exact, rtol=1e-3)  # the alternating fixed point sits at (or next to) the exact fit

@@ -21,6 +21,18 @@ from ..registry import Registry
 SCHEMES: Registry[type["Quantizer"]] = Registry("quantization scheme")
 
 
+class StraightThrough(torch.autograd.Function):
+    """Forward: the quantized value q, exactly. Backward: the gradient goes to w unchanged (STE)."""
+
+    @staticmethod
+    def forward(ctx, w, q):
+        return q
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
 class Quantizer(nn.Module):
     scheme: str = ""
     default_bits: int = 2
@@ -109,7 +121,7 @@ class Quantizer(nn.Module):
         q = self.decode(self.encode(w), w.shape).to(w.dtype)
         if mask is not None:
             q = q * mask
-        return q + (w - w.detach())  # value: exactly q; gradient: identity to the shadow weight
+        return StraightThrough.apply(w, q)
 
     def on_end(self) -> None:
         """Hook called when a training run ends."""

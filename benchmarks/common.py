@@ -1,0 +1,70 @@
+"""Shared benchmark helpers: machine description, timing, and writing docs/results.md sections."""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+SECTIONS = DOCS / "results"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"Python {platform.python_version()}, {dev}")
+
+
+def timeit(fn, repeat: int = 5, number: int = 1) -> float:
+    """Median seconds per call over `repeat` rounds of `number` calls."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(number):
+            fn()
+        times.append((time.perf_counter() - t0) / number)
+    return statistics.median(times)
+
+
+def mean_std(values) -> tuple[float, float]:
+    values = list(values)
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def write_section(name: str, title: str, body: str, command: str) -> Path:
+    """Write docs/results/<name>.md and rebuild docs/results.md from every section."""
+    SECTIONS.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    text = f"## {title}\n\nMeasured {stamp} on {machine()}.\nRerun: `{command}`\n\n{body.strip()}\n"
+    path = SECTIONS / f"{name}.md"
+    path.write_text(text)
+    parts = ["# Benchmark results\n\nEvery figure below was measured by the script named in its section; "
+             "nothing is copied from the papers except where a row says 'paper'.\n"]
+    for section in sorted(SECTIONS.glob("*.md")):
+        parts.append(section.read_text())
+    (DOCS / "results.md").write_text("\n".join(parts))
+    return path
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    sys.exit(print(machine()))
