@@ -66,7 +66,7 @@ def load_checkpoint(path: str | Path, arch: str | None = None, arch_kwargs: dict
     p = require_file(path)
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
+    except pickle.UnpicklingError:
         if not trust:
             raise UserError(
                 f"{p} holds pickled Python objects (a full model?), which can run code when loaded; "

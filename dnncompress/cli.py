@@ -18,6 +18,9 @@ EXAMPLES = {
     "validate": "dnncompress validate configs/fourval.yaml",
     "list": "dnncompress list",
     "quantize": "dnncompress quantize base.pt --scheme fourval --exclude conv1 -o q.pt",
+    "pack": "dnncompress pack qat.pt -o model.dnc --entropy huffman",
+    "unpack": "dnncompress unpack model.dnc -o restored.pt",
+    "report": "dnncompress report model.dnc --plot sizes.png",
 }
 
 
@@ -25,6 +28,14 @@ def _stderr_console():
     from rich.console import Console
 
     return Console(stderr=True)
+
+
+def _stdout_console():
+    """Rich console for results; wide when piped so tables are not squeezed to 80 columns."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
 
 
 def _fail(message: str, code: int) -> None:
@@ -260,7 +271,6 @@ def finetune(checkpoint, data, data_dir, device, arch, trust, epochs, lr, batch_
 
 def print_layers(rows: list[dict], title: str) -> None:
     """A rich table of per-layer quantization results (stdout: it is the command's result)."""
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
@@ -269,7 +279,7 @@ def print_layers(rows: list[dict], title: str) -> None:
     for r in rows:
         table.add_row(r["layer"], r["scheme"], str(r["bits"]), f"{r['params']:,}", f"{r['nonzeros']:,}",
                       str(r["distinct_values"]), f"{r['rel_error']:.4f}")
-    Console().print(table)
+    _stdout_console().print(table)
 
 
 def _parse_overrides(items) -> dict:
@@ -310,6 +320,92 @@ def quantize(checkpoint, scheme, bits, mode, zero, init, rule, per_channel, refi
     out, _, result = run_stage("quantize", params, path, ckpt, output, make_context(data, data_dir, device), json_out)
     if not json_out:
         print_layers(result["layers"], f"{scheme} → {out}")
+
+
+@main.command(help=_help("pack", "Pack a checkpoint into a .dnc file (safetensors, no pickle) as small as reported."))
+@click.argument("checkpoint", required=False)
+@click.option("--entropy", type=click.Choice(["none", "huffman"]), default="none", show_default=True,
+              help="entropy-code codes and index gaps (used per layer only where smaller)")
+@click.option("--fp16", is_flag=True, help="store biases/BN and other leftovers as fp16 (smaller, not lossless)")
+@with_options(input_options)
+@click.option("-o", "--output", default=None, type=click.Path(), help="output .dnc [default: beside the input]")
+@click.option("--json", "json_out", is_flag=True)
+def pack(checkpoint, entropy, fp16, arch, trust, output, json_out):
+    from .stages.pack import PackParams
+
+    path, ckpt = load_input(checkpoint, arch, trust)
+    if path.suffix == ".dnc":
+        raise UserError(f"{path} is already packed; pass the checkpoint it came from")
+    run_stage("pack", PackParams(output=output, entropy=entropy, fp16=fp16), path, ckpt, output,
+              make_context(), json_out)
+
+
+@main.command(help=_help("unpack", "Restore a checkpoint from a .dnc: weights bit-equal to what the quantized model evaluates with."))
+@click.argument("packed", required=False)
+@click.option("-o", "--output", default=None, type=click.Path())
+@click.option("--json", "json_out", is_flag=True)
+def unpack(packed, output, json_out):
+    from .checkpoint import save_checkpoint
+    from .fileio import output_path
+    from .pack import checkpoint_from_packed
+    from .runstate import record_output
+
+    src = resolve_input(packed, (".dnc",))
+    ckpt = checkpoint_from_packed(src)
+    out = output_path(src, output, "unpacked", ".pt")
+    save_checkpoint(ckpt, out)
+    record_output(out, "unpack")
+    info = {"output": str(out), "layers": len(ckpt["quant"]) + len(set(ckpt["masks"]) - set(ckpt["quant"])), "arch": ckpt["arch"]}
+    click.echo(json.dumps(info) if json_out else f"unpack: wrote {out}")
+
+
+def print_report(rep: dict) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{rep['file']} — {rep.get('arch')}")
+    cols = ["layer", "params", "nonzeros", "scheme", "bits", "codes", "index", "codebook", "fp", "bytes", "share", "bits/w"]
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("layer", "scheme") else "right")
+    for r in rep["layers"]:
+        t.add_row(r["layer"], f"{r['params']:,}", f"{r['nonzeros']:,}", r["scheme"], str(r["bits"]), f"{r['codes']:,}",
+                  f"{r['index']:,}", f"{r['codebook']:,}", f"{r['fp']:,}", f"{r['bytes']:,}", f"{100 * r['share']:.1f}%",
+                  f"{r['bits_per_weight']:.2f}")
+    t.add_row("(container)", "", "", "", "", "", "", "", "", f"{rep['container_bytes']:,}",
+              f"{100 * rep['container_bytes'] / rep['packed_bytes']:.1f}%", "")
+    t.add_row("total", f"{rep['params']:,}", f"{rep['nonzeros']:,}", "", "", "", "", "", "", f"{rep['packed_bytes']:,}", "100%",
+              f"{rep['bits_per_weight']:.2f}", style="bold")
+    console = _stdout_console()
+    console.print(t)
+    console.print(f"fp32 safetensors {rep['fp32_bytes']:,} bytes → packed {rep['packed_bytes']:,} bytes: "
+                  f"[bold]{rep['ratio']:.1f}× smaller[/bold] ({rep['percent_of_fp32']:.2f} % of fp32)")
+
+
+@main.command(help=_help("report", "Per-layer table of where every byte goes, with the ratio from actual file sizes."))
+@click.argument("target", required=False)
+@click.option("--entropy", type=click.Choice(["none", "huffman"]), default="none", show_default=True,
+              help="for a checkpoint: the entropy coder to pack it with")
+@click.option("--plot", type=click.Path(), default=None, help="write a PNG of per-layer bytes and bits per weight")
+@with_options(input_options)
+@click.option("--json", "json_out", is_flag=True)
+def report(target, entropy, plot, arch, trust, json_out):
+    from .report import plot_report, report_checkpoint, report_packed
+
+    path = resolve_input(target)
+    if path.suffix == ".dnc":
+        rep = report_packed(path)
+    else:
+        _, ckpt = load_input(str(path), arch, trust)
+        rep = report_checkpoint(ckpt, entropy)
+    if plot:
+        from .fileio import atomic_path
+
+        with atomic_path(plot) as tmp:
+            plot_report(rep, tmp.with_suffix(".png"))
+            tmp.with_suffix(".png").replace(tmp)
+    if json_out:
+        click.echo(json.dumps(_jsonable(rep)))
+    else:
+        print_report(rep)
 
 
 @main.command(help=_help("run", "Run a YAML config's stages in order; KEY=VALUE pairs override config keys."))
