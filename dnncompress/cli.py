@@ -46,6 +46,19 @@ def _fail(message: str, code: int) -> None:
 class Group(click.Group):
     """Maps library errors to one-line messages: bad input → exit 2, anything else → exit 1."""
 
+    def main(self, *args, **kwargs):
+        """Click's own usage errors become one line too (`error: ...`, exit 2)."""
+        kwargs.setdefault("standalone_mode", True)
+        if not kwargs["standalone_mode"]:
+            return super().main(*args, **kwargs)
+        try:
+            return super().main(*args, **{**kwargs, "standalone_mode": False})
+        except click.exceptions.Abort:
+            _fail("aborted", 1)
+        except click.ClickException as e:
+            hint = f" (see '{e.ctx.command_path} --help')" if getattr(e, "ctx", None) is not None else ""
+            _fail(e.format_message().splitlines()[0] + hint, e.exit_code if e.exit_code else 2)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)

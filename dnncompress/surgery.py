@@ -83,9 +83,11 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state_dict with shadow weights under their plain names and no parametrization buffers."""
     out = {}
     for key, value in model.state_dict().items():
-        if key.endswith(SUFFIX):
+        if key == SUFFIX[1:]:  # the root module itself is parametrized (e.g. a bare nn.Linear)
+            out["weight"] = value.detach().cpu().clone()
+        elif key.endswith(SUFFIX):
             out[key[: -len(SUFFIX)] + ".weight"] = value.detach().cpu().clone()
-        elif ".parametrizations." in key:
+        elif key.startswith("parametrizations.") or ".parametrizations." in key:
             continue
         else:
             out[key] = value.detach().cpu().clone()

@@ -1,0 +1,147 @@
+"""Pack → unpack is bit-exact for every scheme, bit width, odd size, mask and entropy setting."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+
+from dnncompress.checkpoint import new_checkpoint
+from dnncompress.errors import UserError
+from dnncompress.models import build_model
+from dnncompress.pack import bitpack, checkpoint_from_packed, load_packed, save_packed
+from dnncompress.quant import make_quantizer
+from dnncompress.surgery import effective_state_dict, model_from_checkpoint
+
+
+def linear_ckpt(n_in: int, scheme=None, mask_keep=None, seed=0, **qopts):
+    """A Linear(n_in, 1) checkpoint (n_in weights), optionally quantized and/or pruned."""
+    g = torch.Generator().manual_seed(seed)
+    layer = torch.nn.Linear(n_in, 1)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(1, n_in, generator=g))
+    ckpt = new_checkpoint("torch.nn:Linear", {"in_features": n_in, "out_features": 1}, layer.state_dict())
+    mask = None
+    if mask_keep is not None:
+        mask = torch.rand(1, n_in, generator=g) < mask_keep
+        ckpt["masks"][""] = mask
+    if scheme:
+        q = make_quantizer(scheme, **qopts).fit(ckpt["state_dict"]["weight"], mask)
+        ckpt["quant"][""] = q.export_state()
+    return ckpt
+
+
+def assert_roundtrip(ckpt, tmp_path, entropy="none"):
+    path = tmp_path / "m.dnc"
+    save_packed(ckpt, path, entropy=entropy)
+    restored = checkpoint_from_packed(path)
+    expected = effective_state_dict(model_from_checkpoint(ckpt))
+    for k, v in expected.items():
+        assert torch.equal(restored["state_dict"][k], v), k
+    assert restored["masks"].keys() == ckpt["masks"].keys()
+    for k in ckpt["masks"]:
+        assert torch.equal(restored["masks"][k], ckpt["masks"][k].bool())
+    # the restored checkpoint evaluates with exactly the same weights again
+    again = effective_state_dict(model_from_checkpoint(restored))
+    assert all(torch.equal(again[k], expected[k]) for k in expected)
+    return path
+
+
+SCHEMES = [("fourval", {}), ("ternary", {}), ("ternary", {"rule": "exact"}), ("asym-ternary", {}), ("asym-quaternary", {})] + [
+    ("codebook", {"bits": b}) for b in range(2, 9)
+] + [("codebook", {"bits": 3, "zero": True})]
+
+
+@pytest.mark.parametrize("scheme,opts", SCHEMES, ids=str)
+@pytest.mark.parametrize("n", [1, 15, 17])
+@pytest.mark.parametrize("keep", [None, 0.3])
+@pytest.mark.parametrize("entropy", ["none", "huffman"])
+def test_roundtrip_small(tmp_path, scheme, opts, n, keep, entropy):
+    assert_roundtrip(linear_ckpt(n, scheme, keep, **opts), tmp_path, entropy)
+
+
+@pytest.mark.parametrize("scheme,opts,keep,entropy", [
+    ("fourval", {}, None, "none"), ("codebook", {"bits": 5}, 0.1, "huffman"), ("codebook", {"bits": 7}, None, "huffman"),
+    ("ternary", {}, 0.5, "none"), (None, {}, 0.05, "huffman"),
+])
+def test_roundtrip_million(tmp_path, scheme, opts, keep, entropy):
+    assert_roundtrip(linear_ckpt(1_000_003, scheme, keep, **opts), tmp_path, entropy)
+
+
+def test_pruned_only_and_per_channel(tmp_path):
+    assert_roundtrip(linear_ckpt(257, None, 0.2), tmp_path)
+    model = build_model("lenet5")
+    ckpt = new_checkpoint("lenet5", {}, model.state_dict())
+    for name in ("conv1", "conv2", "fc1", "fc2"):
+        w = ckpt["state_dict"][f"{name}.weight"]
+        ckpt["quant"][name] = make_quantizer("asym-quaternary", per_channel=True).fit(w).export_state()
+    ckpt["masks"]["fc1"] = ckpt["state_dict"]["fc1.weight"].abs() > 0.02
+    assert_roundtrip(ckpt, tmp_path, "huffman")
+
+
+def test_bitpack_all_widths_and_bit_order():
+    rng = np.random.default_rng(0)
+    for bits in range(1, 9):
+        for n in (1, 15, 17, 1000):
+            codes = rng.integers(0, 1 << bits, n)
+            assert np.array_equal(bitpack.unpack(bitpack.pack(codes, bits), bits, n), codes)
+    assert bitpack.pack(np.array([1, 2, 3] + [0] * 13), 2)[0] == 0b111001  # code i in bits 2i, 2i+1
+    assert bitpack.pack(np.arange(16) % 4, 2).size == 1  # 16 two-bit codes per uint32
+
+
+def test_fourval_lenet5_is_at_most_6_5_percent_and_loads_to_the_same_outputs(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = build_model("lenet5")
+    ckpt = new_checkpoint("lenet5", {}, model.state_dict())
+    qmodel = model_from_checkpoint(ckpt)
+    import dnncompress
+
+    dnncompress.quantize(qmodel, scheme="fourval")
+    from dnncompress.surgery import update_checkpoint
+
+    update_checkpoint(ckpt, qmodel)
+    save_packed(ckpt, tmp_path / "m.dnc")
+    save_file(ckpt["state_dict"], str(tmp_path / "fp32.safetensors"))
+    ratio = os.path.getsize(tmp_path / "m.dnc") / os.path.getsize(tmp_path / "fp32.safetensors")
+    assert ratio <= 0.065
+    x = torch.randn(8, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(load_packed(tmp_path / "m.dnc")(x), qmodel.eval()(x))
+
+
+def test_official_safetensors_reads_it(tmp_path):
+    path = assert_roundtrip(linear_ckpt(100, "fourval", 0.5), tmp_path)
+    with safe_open(str(path), framework="numpy") as f:
+        meta = f.metadata()
+        assert meta["format"] == "dnncompress-packed" and len(meta["sha256"]) == 64
+        spec = json.loads(meta["spec"])
+        assert spec["layers"][0]["q"]["scheme"] == "fourval"
+        assert f.get_tensor("codes").dtype == np.uint32
+
+
+def test_no_pickle_inside(tmp_path):
+    """The file is exactly: 8-byte length, a JSON header, then raw numeric tensors end to end."""
+    import struct
+
+    path = assert_roundtrip(linear_ckpt(64, "codebook", None, bits=4), tmp_path)
+    data = path.read_bytes()
+    (hlen,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + hlen])
+    header.pop("__metadata__")
+    assert {info["dtype"] for info in header.values()} <= {"U8", "U32", "F32", "F16", "I64"}
+    assert sum(i["data_offsets"][1] - i["data_offsets"][0] for i in header.values()) == len(data) - 8 - hlen
+
+
+def test_load_packed_needs_model_when_no_arch(tmp_path):
+    layer = torch.nn.Linear(6, 2)
+    import dnncompress
+
+    dnncompress.quantize(layer, scheme="fourval")
+    save_packed(layer, tmp_path / "l.dnc")
+    with pytest.raises(UserError, match="model="):
+        load_packed(tmp_path / "l.dnc")
+    restored = load_packed(tmp_path / "l.dnc", model=torch.nn.Linear(6, 2))
+    assert torch.equal(restored.weight, layer.eval().weight.detach())  # eval: no QAT re-fit on access
