@@ -1,0 +1,152 @@
+"""Truncated, bit-flipped, wrong-version and maliciously sized .dnc files: a clean one-line error, never a crash or a hang."""
+import json
+import random
+import struct
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dnncompress.cli import main
+from dnncompress.errors import UserError
+from dnncompress.pack import checkpoint_from_packed, save_packed
+from dnncompress.pack.container import FORMAT, _digest
+from tests.test_pack import linear_ckpt
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hostile")
+    ckpt = linear_ckpt(3000, "codebook", 0.4, bits=5)
+    path = d / "ok.dnc"
+    save_packed(ckpt, path, entropy="huffman")
+    return path, checkpoint_from_packed(path)["state_dict"]
+
+
+def mutate(data: bytes, rng: random.Random) -> bytes:
+    b = bytearray(data)
+    kind = rng.randrange(6)
+    if kind == 0:
+        return bytes(b[: rng.randrange(len(b))])  # truncation
+    if kind == 1:
+        for _ in range(rng.randint(1, 3)):  # bit flips anywhere
+            i = rng.randrange(len(b))
+            b[i] ^= 1 << rng.randrange(8)
+        return bytes(b)
+    if kind == 2:
+        b[:8] = struct.pack("<Q", rng.choice([0, 1, len(b), 2**63, rng.randrange(2**40)]))  # header length lies
+        return bytes(b)
+    if kind == 3:
+        i = rng.randrange(len(b))
+        n = rng.randint(1, 64)
+        b[i : i + n] = bytes(rng.randrange(256) for _ in range(n))  # random overwrite
+        return bytes(b)
+    if kind == 4:
+        i = rng.randrange(len(b))
+        return bytes(b[:i] + bytes(rng.randrange(256) for _ in range(rng.randint(1, 16))) + b[i:])  # insertion
+    return bytes(b) + bytes(rng.randrange(256) for _ in range(rng.randint(1, 100)))  # trailing garbage
+
+
+def test_fuzz_mutated_files(packed, tmp_path):
+    path, expected = packed
+    data = path.read_bytes()
+    rng = random.Random(1234)
+    outcomes = {"error": 0, "loaded": 0}
+    for case in range(300):
+        bad = tmp_path / "bad.dnc"
+        bad.write_bytes(mutate(data, rng))
+        try:
+            state = checkpoint_from_packed(bad)["state_dict"]
+        except UserError as e:
+            assert "\n" not in str(e) and str(bad) in str(e), f"case {case}: {e}"
+            outcomes["error"] += 1
+            continue
+        assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in state), f"case {case}: wrong load"
+        outcomes["loaded"] += 1
+    assert outcomes["error"] > 250  # nearly every mutation must be caught
+
+
+def _forge(path, spec_edit, out):
+    """Re-sign a modified spec so the digest matches: an attacker can always do this."""
+    data = path.read_bytes()
+    (hlen,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + hlen])
+    spec = json.loads(header["__metadata__"]["spec"])
+    spec_edit(spec)
+    from safetensors.numpy import load
+
+    arrays = load(data)
+    spec_json = json.dumps(spec, separators=(",", ":"))
+    from safetensors.numpy import save_file
+
+    save_file(arrays, str(out), metadata={"format": FORMAT, "version": "1", "spec": spec_json, "sha256": _digest(spec_json, arrays)})
+    return out
+
+
+def test_malicious_shape_is_refused_without_allocating(packed, tmp_path):
+    path, _ = packed
+
+    def huge(spec):
+        spec["layers"][0]["s"] = [1_000_000, 1_000_000]
+
+    with pytest.raises(UserError, match="elements"):
+        checkpoint_from_packed(_forge(path, huge, tmp_path / "huge.dnc"))
+
+    def huge_model(spec):
+        spec["arch"] = "lenet300"
+        spec["arch_kwargs"] = {"image_size": 1_000_000}
+
+    with pytest.raises(UserError, match="parameters|shape"):
+        checkpoint_from_packed(_forge(path, huge_model, tmp_path / "huge_model.dnc"))
+
+    def lying_offsets(spec):
+        spec["layers"][0]["lv"] = [10**12, 32]
+
+    with pytest.raises(UserError, match="outside"):
+        checkpoint_from_packed(_forge(path, lying_offsets, tmp_path / "offsets.dnc"))
+
+
+def test_wrong_version_and_wrong_format(packed, tmp_path):
+    path, _ = packed
+    data = path.read_bytes()
+    (hlen,) = struct.unpack("<Q", data[:8])
+    header = data[8 : 8 + hlen].replace(b'"version":"1"', b'"version":"9"')
+    (tmp_path / "v9.dnc").write_bytes(data[:8] + header + data[8 + hlen :])
+    with pytest.raises(UserError, match="version 9"):
+        checkpoint_from_packed(tmp_path / "v9.dnc")
+    from safetensors.numpy import save_file
+    import numpy as np
+
+    save_file({"x": np.zeros(3, np.float32)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(UserError, match="format tag"):
+        checkpoint_from_packed(tmp_path / "plain.safetensors")
+
+
+def test_cli_pack_unpack_report_and_bad_file(in_tmp, tiny_ckpt):
+    runner = CliRunner()
+    r = runner.invoke(main, ["quantize", str(tiny_ckpt), "--scheme", "codebook", "--bits", "4", "-o", "q.pt"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(main, ["pack", "q.pt", "-o", "m.dnc", "--entropy", "huffman", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["bytes"] == (in_tmp / "m.dnc").stat().st_size
+    r = runner.invoke(main, ["report", "--json", "--plot", "sizes.png"])  # newest output: m.dnc
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert rep["packed_bytes"] == (in_tmp / "m.dnc").stat().st_size and rep["ratio"] > 5
+    assert (in_tmp / "sizes.png").read_bytes()[:4] == b"\x89PNG"
+    r = runner.invoke(main, ["report", "q.pt", "--json", "--entropy", "huffman"])
+    assert json.loads(r.stdout)["packed_bytes"] == rep["packed_bytes"]  # a checkpoint reports what it packs to
+    r = runner.invoke(main, ["unpack", "m.dnc", "-o", "r.pt"])
+    assert r.exit_code == 0, r.output
+    a = json.loads(runner.invoke(main, ["eval", "q.pt", "--json"]).stdout)
+    b = json.loads(runner.invoke(main, ["eval", "r.pt", "--json"]).stdout)
+    c = json.loads(runner.invoke(main, ["eval", "m.dnc", "--json"]).stdout)
+    assert a["accuracy"] == b["accuracy"] == c["accuracy"] and a["loss"] == b["loss"] == c["loss"]
+    data = (in_tmp / "m.dnc").read_bytes()
+    (in_tmp / "cut.dnc").write_bytes(data[: len(data) // 2])
+    for cmd in (["eval", "cut.dnc"], ["report", "cut.dnc"], ["unpack", "cut.dnc", "-o", "x.pt"]):
+        r = runner.invoke(main, cmd)
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
+    assert not (in_tmp / "x.pt").exists()
+    r = runner.invoke(main, ["pack", "m.dnc"])
+    assert r.exit_code == 2 and "already packed" in r.output
