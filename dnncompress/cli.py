@@ -19,6 +19,7 @@ EXAMPLES = {
     "list": "dnncompress list",
     "quantize": "dnncompress quantize base.pt --scheme fourval --exclude conv1 -o q.pt",
     "pack": "dnncompress pack qat.pt -o model.dnc --entropy huffman",
+    "prune": "dnncompress prune base.pt --sparsity auto --max-drop 0.5 --plot sens.png -o pruned.pt",
     "unpack": "dnncompress unpack model.dnc -o restored.pt",
     "report": "dnncompress report model.dnc --plot sizes.png",
 }
@@ -270,13 +271,16 @@ def eval_cmd(checkpoint, data, data_dir, device, arch, trust, json_out):
 @click.option("--batch-size", default=32, show_default=True, type=int)
 @click.option("--l1", default=0.0, show_default=True, type=float, help="L1 penalty on compressed weights")
 @click.option("--l2", default=0.0, show_default=True, type=float, help="L2 penalty on compressed weights")
+@click.option("--agp", "agp_final", default=None, type=float, help="gradually prune to this sparsity while fine-tuning (AGP)")
+@click.option("--agp-end", default=0.75, show_default=True, type=float, help="fraction of training where AGP reaches its target")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("-o", "--output", default=None, type=click.Path())
 @click.option("--json", "json_out", is_flag=True)
-def finetune(checkpoint, data, data_dir, device, arch, trust, epochs, lr, batch_size, l1, l2, seed, output, json_out):
-    from .stages.training import FinetuneParams
+def finetune(checkpoint, data, data_dir, device, arch, trust, epochs, lr, batch_size, l1, l2, agp_final, agp_end, seed, output, json_out):
+    from .stages.training import AGPParams, FinetuneParams
 
-    params = FinetuneParams(epochs=epochs, lr=lr, batch_size=batch_size, l1=l1, l2=l2, seed=seed)
+    agp = AGPParams(final=agp_final, end=agp_end) if agp_final is not None else None
+    params = FinetuneParams(epochs=epochs, lr=lr, batch_size=batch_size, l1=l1, l2=l2, agp=agp, seed=seed)
     path, ckpt = load_input(checkpoint, arch, trust)
     with ProgressBar("finetune") as bar:
         run_stage("finetune", params, path, ckpt, output, make_context(data, data_dir, device, seed, bar), json_out)
@@ -333,6 +337,51 @@ def quantize(checkpoint, scheme, bits, mode, zero, init, rule, per_channel, refi
     out, _, result = run_stage("quantize", params, path, ckpt, output, make_context(data, data_dir, device), json_out)
     if not json_out:
         print_layers(result["layers"], f"{scheme} → {out}")
+
+
+def print_prune(result: dict, out) -> None:
+    from rich.table import Table
+
+    auto = result.get("auto")
+    t = Table(title=f"prune → {out}" + (f" (auto: measured drop {auto['measured_drop']:.2f} pt ≤ {auto['max_drop']} pt before fine-tuning)" if auto else ""))
+    for c in ("layer", "params", "kept", "sparsity"):
+        t.add_column(c, justify="left" if c == "layer" else "right")
+    for r in result["layers"]:
+        t.add_row(r["layer"], f"{r['params']:,}", f"{r['kept']:,}", f"{100 * r['sparsity']:.1f}%")
+    total = sum(r["params"] for r in result["layers"])
+    t.add_row("total", f"{total:,}", f"{sum(r['kept'] for r in result['layers']):,}", f"{100 * result['overall_sparsity']:.1f}%", style="bold")
+    _stdout_console().print(t)
+
+
+@main.command(help=_help("prune", "Magnitude-prune Conv and Linear weights: a fixed sparsity, or 'auto' from a sensitivity scan."))
+@click.argument("checkpoint", required=False)
+@click.option("--sparsity", default="0.9", show_default=True, help="fraction of weights to remove, in [0, 1), or 'auto'")
+@click.option("--scope", type=click.Choice(["layer", "global"]), default="layer", show_default=True)
+@click.option("--max-drop", default=0.5, show_default=True, type=float, help="auto: accuracy budget in points (before fine-tuning)")
+@click.option("--exclude", multiple=True, help="fnmatch pattern of layers to leave dense (repeatable)")
+@click.option("--override", "overrides", multiple=True, help="per-layer sparsity, PATTERN=VALUE (e.g. conv1=0.5)")
+@click.option("--plot", type=click.Path(), default=None, help="auto: write the sensitivity curves as PNG")
+@with_options(data_options + input_options)
+@click.option("-o", "--output", default=None, type=click.Path())
+@click.option("--json", "json_out", is_flag=True)
+def prune(checkpoint, sparsity, scope, max_drop, exclude, overrides, plot, data, data_dir, device, arch, trust, output, json_out):
+    from .stages.prune import PruneParams
+
+    parsed = {}
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"--override '{item}' must look like PATTERN=SPARSITY, e.g. conv1=0.5")
+        pattern, value = item.split("=", 1)
+        try:
+            parsed[pattern] = float(value)
+        except ValueError:
+            raise UserError(f"--override '{item}': '{value}' is not a number") from None
+    params = PruneParams(sparsity=sparsity, scope=scope, max_drop=max_drop, exclude=list(exclude), overrides=parsed, plot=plot)
+    path, ckpt = load_input(checkpoint, arch, trust)
+    with ProgressBar("sensitivity scan", enabled=params.sparsity == "auto") as bar:
+        out, _, result = run_stage("prune", params, path, ckpt, output, make_context(data, data_dir, device, progress=bar), json_out)
+    if not json_out:
+        print_prune(result, out)
 
 
 @main.command(help=_help("pack", "Pack a checkpoint into a .dnc file (safetensors, no pickle) as small as reported."))

@@ -38,6 +38,31 @@ class TrainParams:
 
 
 @dataclass
+class AGPParams:
+    """Gradual pruning during fine-tuning: s_t = s_f + (s_i − s_f)(1 − (t − t0)/(nΔt))³."""
+
+    final: float = 0.9
+    initial: float = 0.0
+    start: float = 0.0  # fraction of the fine-tuning steps where pruning starts (t0)
+    end: float = 0.75  # fraction where it reaches `final` (t0 + nΔt)
+    every: int = 10  # Δt in steps
+    scope: Literal["layer", "global"] = "layer"
+    overrides: dict = field(default_factory=dict)  # fnmatch pattern → final sparsity
+    include: list = field(default_factory=lambda: ["*"])
+    exclude: list = field(default_factory=list)
+
+    def __post_init__(self):
+        from ..prune.magnitude import check_sparsity
+
+        check_sparsity(self.final, "agp.final")
+        check_sparsity(self.initial, "agp.initial")
+        if not 0 <= self.start < self.end <= 1:
+            raise UserError("agp.start and agp.end are fractions with 0 ≤ start < end ≤ 1")
+        if self.every < 1:
+            raise UserError("agp.every must be ≥ 1")
+
+
+@dataclass
 class FinetuneParams:
     epochs: int = 2
     lr: float = 1e-3
@@ -47,6 +72,7 @@ class FinetuneParams:
     weight_decay: float = 0.0
     l1: float = 0.0  # L1 penalty on compressed weights (seed 001 tables 2)
     l2: float = 0.0  # L2 penalty on compressed weights (seed 001 tables 3)
+    agp: AGPParams | None = None  # gradual pruning while fine-tuning
     seed: int = 0
 
     def __post_init__(self):
@@ -106,6 +132,14 @@ def finetune_model(ckpt: dict, p: FinetuneParams, ctx: Context, extra_hooks=()) 
     bundle = ctx.data_for(ckpt)
     model = model_from_checkpoint(ckpt)
     hooks = list(extra_hooks)
+    if p.agp is not None:
+        from ..prune import AGPHook
+        from ..prune.magnitude import layer_sparsities
+        from ..surgery import compressible_layers
+
+        layers = compressible_layers(model, p.agp.include, p.agp.exclude)
+        final = layer_sparsities(layers, p.agp.final, p.agp.overrides)
+        hooks.append(AGPHook(layers, final, p.agp.initial, p.agp.start, p.agp.end, p.agp.every, p.agp.scope))
     if p.l1 or p.l2:
         hooks.append(Penalty(model, p.l1, p.l2))
     hooks += _model_hooks(model)
@@ -113,6 +147,9 @@ def finetune_model(ckpt: dict, p: FinetuneParams, ctx: Context, extra_hooks=()) 
     metrics = evaluate(model, bundle.test, device=ctx.device)
     out = update_checkpoint(derive(ckpt), model.cpu())
     out["metrics"] = {**ckpt.get("metrics", {}), "accuracy": metrics["accuracy"], "loss": metrics["loss"]}
+    if out["masks"]:
+        kept = sum(int(m.sum()) for m in out["masks"].values())
+        stats["overall_sparsity"] = 1 - kept / sum(m.numel() for m in out["masks"].values())
     return out, {**metrics, **stats}
 
 

@@ -1,0 +1,97 @@
+"""Magnitude pruning masks, per layer or global, with exact counts (ties cannot over- or under-prune)."""
+from __future__ import annotations
+
+import fnmatch
+
+import torch
+import torch.nn as nn
+
+from ..errors import UserError
+
+
+def check_sparsity(s: float, what: str = "sparsity") -> float:
+    if not isinstance(s, (int, float)) or isinstance(s, bool) or not 0.0 <= float(s) < 1.0:
+        raise UserError(f"{what} must be in [0, 1), got {s!r}")
+    return float(s)
+
+
+def keep_top(magnitude: torch.Tensor, n_prune: int) -> torch.Tensor:
+    """Mask keeping all but the n_prune smallest entries (stable order breaks ties)."""
+    flat = magnitude.reshape(-1)
+    mask = torch.ones_like(flat, dtype=torch.bool)
+    if n_prune > 0:
+        order = torch.argsort(flat, stable=True)
+        mask[order[:n_prune]] = False
+    return mask.reshape(magnitude.shape)
+
+
+def layer_sparsities(names, sparsity: float, overrides: dict | None) -> dict[str, float]:
+    """Per-layer targets: `sparsity`, replaced by the last matching fnmatch override."""
+    out = {}
+    for name in names:
+        s = sparsity
+        for pattern, value in (overrides or {}).items():
+            if fnmatch.fnmatchcase(name, pattern):
+                s = check_sparsity(value, f"sparsity override for '{pattern}'")
+        out[name] = s
+    return out
+
+
+def effective_magnitude(module: nn.Module) -> torch.Tensor:
+    """|weight · mask| of the shadow weight: pruned entries count as zero, so they never regrow."""
+    from ..surgery import compression_of, shadow_weight
+
+    w = shadow_weight(module).detach().abs()
+    comp = compression_of(module)
+    if comp is not None and comp.mask is not None:
+        w = w * comp.mask
+    return w
+
+
+def magnitude_masks(layers: dict[str, nn.Module], targets: dict[str, float], scope: str = "layer") -> dict[str, torch.Tensor]:
+    """New masks reaching each layer's target sparsity (layer scope) or the mean target over all (global)."""
+    if scope not in ("layer", "global"):
+        raise UserError(f"scope must be 'layer' or 'global', got '{scope}'")
+    mags = {name: effective_magnitude(m) for name, m in layers.items()}
+    if scope == "layer":
+        return {name: keep_top(mag, int(round(targets[name] * mag.numel()))) for name, mag in mags.items()}
+    total = sum(m.numel() for m in mags.values())
+    n_prune = int(round(sum(targets[n] * mags[n].numel() for n in mags)))
+    flat = torch.cat([m.reshape(-1) for m in mags.values()])
+    global_mask = keep_top(flat, n_prune)
+    out, start = {}, 0
+    for name, mag in mags.items():
+        out[name] = global_mask[start : start + mag.numel()].reshape(mag.shape)
+        start += mag.numel()
+    assert start == total
+    return out
+
+
+@torch.no_grad()
+def apply_masks(layers: dict[str, nn.Module], masks: dict[str, torch.Tensor]) -> None:
+    """Attach masks and zero the pruned shadow weights (so optimizer state cannot revive them)."""
+    from ..surgery import attach, shadow_weight
+
+    for name, mask in masks.items():
+        module = layers[name]
+        w = shadow_weight(module)
+        w.mul_(mask.to(w.device, w.dtype))
+        attach(module, mask=mask.to(w.device))
+
+
+def prune(model: nn.Module, sparsity: float = 0.9, scope: str = "layer", include=("*",), exclude=(), overrides: dict | None = None) -> list[dict]:
+    """Magnitude-prune every Conv/Linear (any 2-D+ weight) of any nn.Module; returns per-layer counts."""
+    from ..surgery import compressible_layers
+
+    check_sparsity(sparsity)
+    layers = compressible_layers(model, include, exclude)
+    if not layers:
+        raise UserError("no layer matched: prune needs modules with a 2-D+ weight (check include/exclude)")
+    targets = layer_sparsities(layers, sparsity, overrides)
+    masks = magnitude_masks(layers, targets, scope)
+    apply_masks(layers, masks)
+    return mask_summary(masks)
+
+
+def mask_summary(masks: dict[str, torch.Tensor]) -> list[dict]:
+    return [{"layer": n, "params": m.numel(), "kept": int(m.sum()), "sparsity": 1 - float(m.float().mean())} for n, m in masks.items()]

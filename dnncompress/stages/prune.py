@@ -1,0 +1,74 @@
+"""The `prune` stage: magnitude pruning at a fixed sparsity, or `auto` from a sensitivity scan."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..checkpoint import derive
+from ..errors import UserError
+from ..prune import apply_masks, mask_summary
+from ..prune.magnitude import check_sparsity, layer_sparsities, magnitude_masks
+from ..surgery import compressible_layers, model_from_checkpoint, update_checkpoint
+from ..train import evaluate
+from .base import Context, StageOutput, register_stage
+
+
+@dataclass
+class PruneParams:
+    sparsity: float | str = 0.9  # a fraction in [0, 1), or "auto"
+    scope: Literal["layer", "global"] = "layer"
+    max_drop: float = 0.5  # auto: accuracy budget in points, before fine-tuning
+    include: list = field(default_factory=lambda: ["*"])
+    exclude: list = field(default_factory=list)
+    overrides: dict = field(default_factory=dict)  # fnmatch pattern → sparsity
+    plot: str | None = None  # auto: PNG of the sensitivity curves
+
+    def __post_init__(self):
+        if isinstance(self.sparsity, str):
+            if self.sparsity != "auto":
+                try:
+                    self.sparsity = float(self.sparsity)
+                except ValueError:
+                    raise UserError(f"sparsity must be a fraction in [0, 1) or 'auto', got '{self.sparsity}'") from None
+        if self.sparsity != "auto":
+            check_sparsity(self.sparsity)
+        if self.max_drop < 0:
+            raise UserError(f"max-drop must be ≥ 0 points, got {self.max_drop}")
+
+
+@register_stage("prune", PruneParams, suffix="pruned")
+def prune_stage(ckpt, p: PruneParams, ctx: Context) -> StageOutput:
+    """Prune Conv and Linear weights by magnitude; masks go into the checkpoint and stay applied."""
+    model = model_from_checkpoint(ckpt)
+    layers = compressible_layers(model, p.include, p.exclude)
+    if not layers:
+        raise UserError("no layer matched: check include/exclude patterns")
+    result: dict = {}
+    if p.sparsity == "auto":
+        from ..prune.sensitivity import auto_sparsity, plot_curves
+
+        try:
+            bundle = ctx.data_for(ckpt)
+        except UserError as e:
+            raise UserError(f"--sparsity auto needs data for the sensitivity scan: {e}") from None
+        model.eval()
+        auto = auto_sparsity(layers, lambda: evaluate(model, bundle.test, device=ctx.device)["accuracy"], p.max_drop, progress=ctx.progress)
+        targets = auto["targets"]
+        result.update({"auto": {"baseline": auto["baseline"], "measured_drop": auto["measured_drop"], "max_drop": p.max_drop,
+                                "targets": targets, "curves": {n: [list(x) for x in c] for n, c in auto["curves"].items()}}})
+        if p.plot:
+            plot_curves(auto["curves"], p.plot, targets)
+    else:
+        targets = layer_sparsities(layers, p.sparsity, p.overrides)
+    masks = magnitude_masks(layers, targets, p.scope)
+    apply_masks(layers, masks)
+    summary = mask_summary(masks)
+    total = sum(r["params"] for r in summary)
+    result["layers"] = summary
+    result["overall_sparsity"] = 1 - sum(r["kept"] for r in summary) / max(total, 1)
+    out = update_checkpoint(derive(ckpt), model)
+    if ctx.data_name or (ckpt.get("dataset") or {}).get("name"):
+        metrics = evaluate(model, ctx.data_for(ckpt).test, device=ctx.device)
+        out["metrics"] = {**ckpt.get("metrics", {}), "accuracy": metrics["accuracy"], "loss": metrics["loss"]}
+        result.update(metrics)
+    return StageOutput(out, result)
