@@ -1,0 +1,81 @@
+"""The `joint` stage (seed 002): choose per-layer sparsity and bits under a size target, then train them in."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..checkpoint import derive
+from ..errors import UserError
+from ..prune import joint
+from ..surgery import compressible_layers, model_from_checkpoint, update_checkpoint
+from ..train import evaluate
+from .base import Context, StageOutput, register_stage
+from .training import AGPParams, FinetuneParams, finetune_model
+
+
+@dataclass
+class JointParams:
+    target_ratio: float | None = 60.0  # fp32 safetensors bytes / packed bytes
+    target_bytes: int | None = None  # overrides target_ratio when set
+    sparsities: list = field(default_factory=lambda: list(joint.SPARSITIES))
+    bits: list = field(default_factory=lambda: list(joint.BITS))
+    prune_epochs: int = 3  # gradual (AGP) pruning to the chosen sparsities
+    qat_epochs: int = 2  # codebook QAT at the chosen bit widths
+    lr: float = 1e-3
+    codebook: Literal["static", "dynamic"] = "dynamic"
+    entropy: Literal["none", "huffman"] = "huffman"  # how the result will be packed (for its measured size)
+    include: list = field(default_factory=lambda: ["*"])
+    exclude: list = field(default_factory=list)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.target_bytes is None and (self.target_ratio is None or self.target_ratio <= 1):
+            raise UserError("joint needs target_ratio > 1 or target_bytes")
+        if self.target_bytes is not None and self.target_bytes <= 0:
+            raise UserError("target_bytes must be > 0")
+        if not self.bits or any(not isinstance(b, int) or not 2 <= b <= 8 for b in self.bits):
+            raise UserError("joint bits must be integers in 2..8")
+        if not self.sparsities or any(not 0 <= s < 1 for s in self.sparsities):
+            raise UserError("joint sparsities must be fractions in [0, 1)")
+        if self.prune_epochs < 0 or self.qat_epochs < 0:
+            raise UserError("epochs must be ≥ 0")
+
+
+@register_stage("joint", JointParams, suffix="joint")
+def joint_stage(ckpt, p: JointParams, ctx: Context) -> StageOutput:
+    """Search per-layer sparsity and bit-width under a size target, then AGP-prune and QAT them in."""
+    from ..report import _fp32_file_bytes, report_checkpoint
+
+    if ckpt.get("quant") or ckpt.get("masks"):
+        raise UserError("joint starts from an uncompressed checkpoint (no masks, no quantizers)")
+    bundle = ctx.data_for(ckpt)
+    model = model_from_checkpoint(ckpt).eval()
+    layers = compressible_layers(model, p.include, p.exclude)
+    fp32_bytes = _fp32_file_bytes(ckpt["state_dict"])
+    compressed_keys = {f"{n}.weight" for n in layers}
+    leftovers = joint.leftover_bytes(ckpt["state_dict"], compressed_keys)
+    target = p.target_bytes or fp32_bytes / p.target_ratio
+    scanned = joint.scan(layers, lambda: evaluate(model, bundle.test, device=ctx.device)["accuracy"], p.sparsities, p.bits, ctx.progress)
+    choice, _ = joint.choose(scanned["table"], target - leftovers - 2048)
+    sizes = {n: m.weight.numel() for n, m in layers.items()}
+    rows = joint.as_rows(choice, sizes)
+    ctx.log(f"joint: target {target:,.0f} bytes; chosen " + ", ".join(f"{r['layer']} s={r['sparsity']:.2f} b={r['bits']}" for r in rows))
+
+    agp = AGPParams(final=0.0, overrides={n: r["sparsity"] for n, r in zip(choice, rows)}, end=0.6, every=10,
+                    include=list(layers), exclude=[])
+    ft = FinetuneParams(epochs=p.prune_epochs, lr=p.lr, agp=agp, seed=p.seed)
+    pruned, pr = finetune_model(ckpt, ft, ctx)
+    qmodel = model_from_checkpoint(pruned)
+    from ..quant import quantize
+
+    quantize(qmodel, "codebook", list(layers), [], {n: {"bits": r["bits"]} for n, r in zip(choice, rows)}, mode=p.codebook)
+    quantized = update_checkpoint(derive(pruned), qmodel)
+    out, qr = finetune_model(quantized, dataclasses.replace(ft, epochs=p.qat_epochs, agp=None), ctx)
+    rep = report_checkpoint(out, p.entropy)
+    base_acc = scanned["baseline"]
+    result = {"layers": rows, "target_bytes": int(target), "estimated_bytes": joint.estimated_total(choice, leftovers),
+              "packed_bytes": rep["packed_bytes"], "fp32_bytes": rep["fp32_bytes"], "ratio": rep["ratio"],
+              "baseline_accuracy": base_acc, "accuracy_after_prune": pr["accuracy"], "accuracy": qr["accuracy"],
+              "accuracy_drop": base_acc - qr["accuracy"], "entropy": p.entropy}
+    return StageOutput(out, result)

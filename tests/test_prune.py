@@ -1,0 +1,138 @@
+"""Pruning: exact counts, masks surviving every stage, AGP formula, auto budget, joint, bad input."""
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dnncompress.checkpoint import load_checkpoint
+from dnncompress.cli import main
+from dnncompress.errors import UserError
+from dnncompress.pack import checkpoint_from_packed
+from dnncompress.prune import AGPHook, agp_sparsity, prune
+from dnncompress.prune.sensitivity import allocate
+from dnncompress.surgery import compressible_layers, model_from_checkpoint
+
+
+def net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(100, 50), torch.nn.ReLU(), torch.nn.Linear(50, 10))
+
+
+def test_layer_scope_prunes_exact_counts_per_layer():
+    model = net()
+    rows = {r["layer"]: r for r in prune(model, 0.9, scope="layer")}
+    assert rows["0"]["kept"] == 500 and rows["2"]["kept"] == 50
+    assert int((model[0].weight == 0).sum()) == 4500
+    assert torch.all(model[0].bias != 0)  # biases untouched
+
+
+def test_global_scope_uses_one_threshold():
+    model = net()
+    with torch.no_grad():
+        model[2].weight.mul_(10)  # the small layer now holds the large weights
+    before = torch.cat([model[0].weight.detach().abs().flatten(), model[2].weight.detach().abs().flatten()])
+    rows = {r["layer"]: r for r in prune(model, 0.9, scope="global")}
+    assert rows["0"]["kept"] + rows["2"]["kept"] == 550
+    assert rows["2"]["kept"] > 50  # global keeps more of the large-magnitude layer
+    kept = torch.cat([model[0].parametrizations.weight[0].mask.flatten(), model[2].parametrizations.weight[0].mask.flatten()])
+    assert before[~kept].max() <= before[kept].min()  # one threshold across both layers
+
+
+def test_overrides_and_bad_sparsity():
+    model = net()
+    rows = {r["layer"]: r for r in prune(model, 0.5, overrides={"2": 0.8})}
+    assert rows["0"]["sparsity"] == pytest.approx(0.5) and rows["2"]["sparsity"] == pytest.approx(0.8)
+    for bad in (1.0, -0.1, 1.5):
+        with pytest.raises(UserError, match=r"\[0, 1\)"):
+            prune(net(), bad)
+
+
+def test_agp_schedule_matches_formula():
+    s_i, s_f, t0, n, dt = 0.1, 0.9, 100, 10, 20
+    assert agp_sparsity(50, s_i, s_f, t0, n, dt) == s_i
+    assert agp_sparsity(t0 + n * dt + 5, s_i, s_f, t0, n, dt) == s_f
+    for t in range(t0, t0 + n * dt, 7):
+        assert agp_sparsity(t, s_i, s_f, t0, n, dt) == pytest.approx(s_f + (s_i - s_f) * (1 - (t - t0) / (n * dt)) ** 3)
+    values = [agp_sparsity(t, s_i, s_f, t0, n, dt) for t in range(0, 400)]
+    assert values == sorted(values)  # monotone
+
+
+def test_agp_hook_reaches_target_and_pruned_weights_never_regrow():
+    from dnncompress.data import load_data
+    from dnncompress.train import TrainSettings, train
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    layers = compressible_layers(model)
+    hook = AGPHook(layers, {n: 0.8 for n in layers}, end=0.5, every=2)
+    seen = []
+    orig = hook.on_step
+
+    def spy(step, total):
+        orig(step, total)
+        if "1" in layers and hasattr(model[1], "parametrizations"):
+            seen.append(model[1].parametrizations.weight[0].mask.clone())
+
+    hook.on_step = spy
+    train(model, load_data("synthetic").train, TrainSettings(epochs=1, batch_size=32), hooks=[hook])
+    final = model[1].parametrizations.weight[0].mask
+    assert 1 - final.float().mean() == pytest.approx(0.8, abs=1e-3)
+    for earlier, later in zip(seen, seen[1:]):
+        assert not (later & ~earlier).any()  # a pruned weight never comes back
+    assert torch.all(model[1].weight[~final] == 0)
+
+
+def test_allocate_prefers_cheap_large_layers():
+    curves = {"big": [(0.0, 0.0), (0.5, 0.0), (0.9, 0.1)], "small": [(0.0, 0.0), (0.5, 0.3), (0.9, 2.0)]}
+    steps = allocate(curves, {"big": 1000, "small": 10}, budget=0.2)
+    assert ("big", 0.9) in steps and all(n != "small" or s < 0.9 for n, s in steps)
+
+
+def test_masks_survive_every_stage_through_the_cli(in_tmp, tiny_ckpt):
+    r = CliRunner()
+    assert r.invoke(main, ["prune", str(tiny_ckpt), "--sparsity", "0.8", "-o", "p.pt"]).exit_code == 0
+    masks = load_checkpoint(in_tmp / "p.pt")["masks"]
+    assert set(masks) == {"1", "3", "5"}
+    assert r.invoke(main, ["finetune", "p.pt", "--epochs", "1", "-o", "f.pt"]).exit_code == 0
+    assert r.invoke(main, ["quantize", "f.pt", "--scheme", "codebook", "--bits", "4", "--codebook", "dynamic", "-o", "q.pt"]).exit_code == 0
+    assert r.invoke(main, ["finetune", "q.pt", "--epochs", "1", "-o", "qat.pt"]).exit_code == 0
+    res = r.invoke(main, ["pack", "qat.pt", "-o", "m.dnc", "--entropy", "huffman"])
+    assert res.exit_code == 0, res.output
+    for path in ("f.pt", "q.pt", "qat.pt"):
+        ck = load_checkpoint(in_tmp / path)
+        assert all(torch.equal(ck["masks"][n], masks[n]) for n in masks), path
+        model = model_from_checkpoint(ck).eval()
+        for n, m in masks.items():
+            assert torch.all(dict(model.named_modules())[n].weight[~m] == 0), (path, n)
+    packed = checkpoint_from_packed(in_tmp / "m.dnc")
+    assert all(torch.equal(packed["masks"][n], masks[n]) for n in masks)
+    assert all(torch.all(packed["state_dict"][f"{n}.weight"][~m] == 0) for n, m in masks.items())
+
+
+def test_auto_prune_stays_within_budget_and_records_history(in_tmp, tiny_ckpt):
+    res = CliRunner().invoke(main, ["prune", str(tiny_ckpt), "--sparsity", "auto", "--max-drop", "1.0", "--plot", "s.png", "-o", "a.pt", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["auto"]["measured_drop"] <= 1.0 and out["overall_sparsity"] > 0.3
+    assert (in_tmp / "s.png").exists()
+    hist = load_checkpoint(in_tmp / "a.pt")["history"][-1]
+    assert hist["stage"] == "prune" and "curves" in hist["result"]["auto"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--sparsity", "1.0"], "[0, 1)"), (["--sparsity", "lots"], "'auto'"), (["--sparsity", "auto", "--max-drop", "-1"], "max-drop"),
+    (["--override", "x"], "PATTERN=SPARSITY"),
+])
+def test_prune_bad_input(in_tmp, tiny_ckpt, args, needle):
+    res = CliRunner().invoke(main, ["prune", str(tiny_ckpt), *args, "-o", "o.pt"])
+    assert res.exit_code == 2 and needle in res.output and len(res.output.strip().splitlines()) == 1
+    assert not (in_tmp / "o.pt").exists()
+
+
+def test_auto_without_data_is_a_clear_error(in_tmp):
+    from dnncompress.checkpoint import new_checkpoint, save_checkpoint
+    from dnncompress.models import build_model
+
+    save_checkpoint(new_checkpoint("lenet300", {}, build_model("lenet300").state_dict()), in_tmp / "nodata.pt")
+    res = CliRunner().invoke(main, ["prune", "nodata.pt", "--sparsity", "auto", "-o", "o.pt"])
+    assert res.exit_code == 2 and "needs data" in res.output
