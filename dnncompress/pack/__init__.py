@@ -48,13 +48,19 @@ def _check_against_model(spec: dict, state: dict, path) -> None:
 def load_packed(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
     """An inference-ready nn.Module from a .dnc (pass `model` for architectures packed without a spec)."""
     ckpt = checkpoint_from_packed(path)
-    if model is None:
-        if not ckpt["arch"]:
-            raise UserError(f"{path} does not record its architecture; pass model= to load_packed")
-        from ..models import build_model
+    if model is not None:
+        model.load_state_dict(ckpt["state_dict"])
+        return model.eval()
+    if not ckpt["arch"]:
+        raise UserError(f"{path} does not record its architecture; pass model= to load_packed")
+    from ..models import build_model
 
+    with torch.device("meta"):  # no memory for weights that are about to be replaced
         model = build_model(ckpt["arch"], ckpt["arch_kwargs"])
-    model.load_state_dict(ckpt["state_dict"])
+    model.load_state_dict(ckpt["state_dict"], assign=True)  # adopt the decoded tensors: no second copy
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):  # a non-persistent buffer: build for real
+        model = build_model(ckpt["arch"], ckpt["arch_kwargs"])
+        model.load_state_dict(ckpt["state_dict"])
     return model.eval()
 
 

@@ -87,7 +87,7 @@ def encode_layer(blobs: Blobs, name: str, weight: torch.Tensor, mask: torch.Tens
         from ..quant import quantizer_from_state
 
         q = quantizer_from_state(quant)
-        codes = q.encode(weight.float()).reshape(-1).numpy()
+        codes = q.encode(weight.float()).reshape(-1).to(torch.uint8).numpy()
         if flat_mask is not None:
             codes = codes[flat_mask]
         spec["k"] = "q"
@@ -96,7 +96,7 @@ def encode_layer(blobs: Blobs, name: str, weight: torch.Tensor, mask: torch.Tens
         spec["lv"] = blobs.add("levels", quant["levels"].numpy())
         spec["th"] = blobs.add("levels", quant["thresholds"].numpy())
         spec["lvs"] = list(quant["levels"].shape)
-        spec["c"] = _entropy_or_plain(blobs, codes.astype(np.uint8), quant["bits"], entropy)
+        spec["c"] = _entropy_or_plain(blobs, codes, quant["bits"], entropy)
     else:
         spec["k"] = "m"
         values = weight.reshape(-1).numpy()[flat_mask]
@@ -145,18 +145,13 @@ def decode_layer(blobs: Blobs, spec: dict) -> tuple[torch.Tensor, torch.Tensor |
             raise ValueError("codebook size does not match the layer")
         if rows not in (1, shape[0] if shape else 1):
             raise ValueError("per-channel rows do not match the shape")
-        codes = _symbols_back(blobs, spec["c"], bits, kept).astype(np.int64)
-        if codes.size and codes.max() >= width:
+        codes = _symbols_back(blobs, spec["c"], bits, kept)
+        if codes.size and int(codes.max()) >= width:
             raise ValueError("code out of range")
-        lv = torch.from_numpy(levels.reshape(rows, width).copy())
-        row_len = numel // rows if rows else 0
-        if mask is None:
-            row_idx = np.arange(numel) // max(row_len, 1) if rows > 1 else np.zeros(numel, dtype=np.int64)
-        else:
-            row_idx = positions // max(row_len, 1) if rows > 1 else np.zeros(kept, dtype=np.int64)
-        values = lv[torch.from_numpy(row_idx), torch.from_numpy(codes)]
+        lv = levels.reshape(rows, width)
+        values = _dequantize(lv, codes, positions if mask is not None else None, numel // max(rows, 1))
         quant = {"scheme": qs["scheme"], "bits": bits, "per_channel": bool(qs["pc"]), "refit": qs.get("refit", "fast"),
-                 "options": dict(qs.get("opt", {})), "levels": lv,
+                 "options": dict(qs.get("opt", {})), "levels": torch.from_numpy(lv.copy()),
                  "thresholds": torch.from_numpy(thresholds.reshape(rows, width - 1).copy())}
     elif spec["k"] == "m":
         kind, ref = spec["v"]
@@ -169,9 +164,25 @@ def decode_layer(blobs: Blobs, spec: dict) -> tuple[torch.Tensor, torch.Tensor |
         quant = None
     else:
         raise ValueError(f"unknown layer kind {spec['k']!r}")
-    dense = torch.zeros(numel, dtype=torch.float32)
     if mask is None:
-        dense[:] = values
-    else:
-        dense[torch.from_numpy(positions)] = values
+        return values.reshape(shape), None, quant
+    dense = torch.zeros(numel, dtype=torch.float32)
+    dense[torch.from_numpy(positions)] = values
     return dense.reshape(shape), mask, quant
+
+
+CHUNK = 1 << 20
+
+
+def _dequantize(levels: np.ndarray, codes: np.ndarray, positions: np.ndarray | None, row_len: int) -> torch.Tensor:
+    """levels[row, code] for every code, in chunks so no n-sized int64 temporaries exist at once."""
+    out = np.empty(codes.size, dtype=np.float32)
+    rows = levels.shape[0]
+    for start in range(0, codes.size, CHUNK):
+        c = codes[start : start + CHUNK].astype(np.intp)
+        if rows == 1:
+            out[start : start + c.size] = levels[0][c]
+        else:
+            pos = positions[start : start + c.size] if positions is not None else np.arange(start, start + c.size)
+            out[start : start + c.size] = levels[pos // row_len, c]
+    return torch.from_numpy(out)

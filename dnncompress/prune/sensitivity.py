@@ -108,8 +108,10 @@ def plot_curves(curves: dict[str, list], path, chosen: dict[str, float] | None =
         line = ax.plot([s for s, _ in c], [d for _, d in c], marker="o", ms=3, label=name)[0]
         if chosen and name in chosen:
             ax.axvline(chosen[name], color=line.get_color(), ls=":", lw=1)
+    worst = max((d for c in curves.values() for _, d in c), default=1.0)
+    ax.set_ylim(-0.5, min(max(worst, 1.0), 10.0) * 1.05)  # the interesting part is near the budget, not the collapse
     ax.set_xlabel("sparsity of this layer alone")
-    ax.set_ylabel("accuracy drop (points)")
+    ax.set_ylabel("accuracy drop (points, clipped at 10)")
     ax.set_title("Per-layer pruning sensitivity (dotted: chosen)")
     ax.legend(fontsize=7)
     fig.tight_layout()

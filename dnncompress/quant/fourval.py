@@ -31,7 +31,7 @@ class FourValue(Quantizer):
     def encode(self, w):
         rows = w.detach().reshape(self.levels.shape[0], -1).float()
         pos, big = self._sign_and_big(rows)
-        codes = torch.where(pos, 2 + big.long(), 1 - big.long())  # −2α, −α, +α, +2α → 0, 1, 2, 3
+        codes = pos.to(torch.uint8) * 2 + (big == pos).to(torch.uint8)  # −2α, −α, +α, +2α → 0, 1, 2, 3
         return codes.reshape(w.shape)
 
     def forward(self, w, mask=None):
