@@ -8,7 +8,9 @@ __version__ = "0.1.0"
 
 from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from .errors import UserError  # noqa: E402
+from .prune.magnitude import prune as prune_model  # noqa: E402  (dnncompress.prune is the subpackage)
 from .quant import quantization_summary, quantize  # noqa: E402
+from .pack import load_packed, save_packed  # noqa: E402
 
 
 def available() -> dict[str, list[str]]:
@@ -28,4 +30,5 @@ def available() -> dict[str, list[str]]:
     return out
 
 
-__all__ = ["UserError", "available", "load_checkpoint", "quantization_summary", "quantize", "save_checkpoint", "__version__"]
+__all__ = ["UserError", "available", "load_checkpoint", "load_packed", "prune_model", "quantization_summary", "quantize", "save_checkpoint",
+           "save_packed", "__version__"]

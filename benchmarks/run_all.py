@@ -1,0 +1,9 @@
+"""`make bench`: every benchmark in turn; each writes its sections of docs/results.md."""
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+for script in ("quant_lenet5.py", "pack_bench.py", "prune_lenet5.py"):
+    print(f"== {script}", flush=True)
+    subprocess.run([sys.executable, str(HERE / script)], cwd=HERE, check=True)
