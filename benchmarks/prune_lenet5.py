@@ -44,7 +44,7 @@ def overall(model):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ft-epochs", type=int, default=3)
-    ap.add_argument("--skip-joint", action="store_true")
+    ap.add_argument("--skip-joint", action="store_true", help="only the sparsity sweep")
     args = ap.parse_args()
     torch.set_num_threads(2)
     t0 = time.perf_counter()
@@ -55,6 +55,7 @@ def main():
     fp = evaluate(base, mnist.test)["accuracy"]
 
     sweep = {"layer": [], "global": []}
+    one_shot_of = {}
     rows = []
     for scope in ("layer", "global"):
         for s in (0.8, 0.85, 0.9, 0.92, 0.95, 0.97, 0.98):
@@ -63,6 +64,7 @@ def main():
             one_shot = evaluate(m, mnist.test)["accuracy"]
             acc = finetune(m, mnist, args.ft_epochs)
             sweep[scope].append((overall(m), acc))
+            one_shot_of[(scope, s)] = (overall(m), one_shot)
             rows.append([f"uniform {scope}", f"{100 * overall(m):.1f}", f"{one_shot:.2f}", f"{acc:.2f}", f"{acc - fp:+.2f}"])
     auto_points = []
     for budget in (0.5, 1.0, 2.0):
@@ -80,6 +82,7 @@ def main():
     best_uniform = max(ok_uniform, default=(0.0, 0.0))
     auto05 = auto_points[0]
     best_at_auto_loss = max((s for sc in sweep.values() for s, a in sc if a >= auto05[1]), default=0.0)
+    best_one_shot = max((sp for sp, a in one_shot_of.values() if a >= fp - 0.5), default=0.0)
     fig, ax = plt.subplots(figsize=(7, 4))
     for scope, pts in sweep.items():
         ax.plot([100 * s for s, _ in pts], [a for _, a in pts], marker="o", label=f"uniform ({scope})")
@@ -97,8 +100,11 @@ def main():
             + table(["method", "sparsity %", "one-shot acc %", "after fine-tune %", "vs fp32"], rows)
             + f"\n\nTarget ≥ 90 % sparsity at ≤ 0.5 pt loss after fine-tuning: best setting within 0.5 pt is "
             f"{100 * best_uniform[0]:.1f} % ({'met' if best_uniform[0] >= 0.9 else 'MISSED'}). "
-            f"auto (0.5 pt): {100 * auto05[0]:.1f} % at {auto05[1]:.2f} %; the best uniform setting with at least that accuracy reaches "
-            f"{100 * best_at_auto_loss:.1f} % → {'met' if auto05[0] >= best_at_auto_loss - 1e-9 else 'MISSED'}. "
+            f"auto (0.5 pt): {100 * auto05[0]:.1f} % at {auto05[1]:.2f} % after fine-tuning. Compared at equal loss *before* fine-tuning "
+            f"(what the budget constrains), the best uniform setting within 0.5 pt one-shot reaches {100 * best_one_shot:.1f} % → "
+            f"{'met' if auto05[0] >= best_one_shot - 1e-9 else 'MISSED'}; compared at equal accuracy *after* fine-tuning, the best uniform "
+            f"setting reaches {100 * best_at_auto_loss:.1f} % → {'met' if auto05[0] >= best_at_auto_loss - 1e-9 else 'MISSED'} "
+            "(global magnitude pruning recovers very well with fine-tuning on this net). "
             "Deep Compression keeps 8 % of LeNet-5 (92 % sparsity) on full MNIST.\n\n![pruning](../prune_lenet5.png)")
     write_section("prune_1_sweep", "Pruning LeNet-5: uniform vs auto (issue 6)", body, CMD)
 
