@@ -24,7 +24,7 @@ demo: setup
 	$(VENV)/bin/dnncompress report $(RUN_DIR)/model.dnc --plot $(RUN_DIR)/sizes.png
 
 test: setup
-	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
+	$(PY) -m pytest tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc
 
 bench: setup
 	$(PY) -m pip install -q -e ".[bench]"
