@@ -7,7 +7,6 @@ or, only with `trust=True`, a pickled nn.Module.
 from __future__ import annotations
 
 import copy
-import io
 import pickle
 from pathlib import Path
 from typing import Any
@@ -119,8 +118,3 @@ def _import_full_model(p: Path, arch: str | None, arch_kwargs: dict | None) -> d
     ckpt["history"].append({"stage": "import", "config": {"source": str(p), "trusted_pickle": True}, "seconds": 0.0, "result": {}})
     return ckpt
 
-
-def checkpoint_bytes(ckpt: dict) -> bytes:
-    buf = io.BytesIO()
-    torch.save(ckpt, buf)
-    return buf.getvalue()

@@ -158,7 +158,7 @@ def make_context(data=None, data_dir=None, device="auto", seed=0, progress=None)
                    log=lambda m: click.echo(m, err=True))
 
 
-def run_stage(name, params, input_path, ckpt, output, ctx, json_out=False, ext=".pt"):
+def run_stage(name, params, input_path, ckpt, output, ctx, json_out=False):
     from .fileio import output_path
     from .stages import STAGES, execute
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .pack.container import blob_sizes, read_packed, restore, write_packed
+from .pack.container import read_packed, restore, write_packed
 from .pack.layers import Blobs, fragment_bytes
 
 ITEMSIZE = {k: np.dtype(v).itemsize for k, v in Blobs.DTYPES.items()}
@@ -34,7 +34,6 @@ def _module_of(key: str) -> str:
 def report_packed(dnc_path: str | os.PathLike, fp32_bytes: int | None = None) -> dict:
     """Per-layer bytes of a .dnc (codes / index / codebook / fp leftovers), totals and the real ratio."""
     spec, blobs = read_packed(dnc_path)
-    sizes = blob_sizes(dnc_path)
     rows: dict[str, dict] = {}
 
     def row(name):
@@ -66,7 +65,7 @@ def report_packed(dnc_path: str | os.PathLike, fp32_bytes: int | None = None) ->
         r["fp"] += ref[1] * ITEMSIZE[kind]
     out_rows = list(rows.values())
     payload = sum(r["codes"] + r["index"] + r["codebook"] + r["fp"] for r in out_rows)
-    file_bytes = sizes["file"]
+    file_bytes = Path(dnc_path).stat().st_size
     container = file_bytes - payload  # safetensors header, JSON spec, word padding
     for r in out_rows:
         r["bytes"] = r["codes"] + r["index"] + r["codebook"] + r["fp"]

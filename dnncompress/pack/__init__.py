@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError
-from .container import FORMAT, VERSION, blob_sizes, read_packed, restore, write_packed
+from .container import FORMAT, VERSION, read_packed, restore, write_packed
 
-__all__ = ["FORMAT", "VERSION", "blob_sizes", "checkpoint_from_packed", "load_packed", "read_packed", "save_packed", "write_packed"]
+__all__ = ["FORMAT", "VERSION", "checkpoint_from_packed", "load_packed", "read_packed", "save_packed", "write_packed"]
 
 
 def checkpoint_from_packed(path: str | os.PathLike) -> dict:

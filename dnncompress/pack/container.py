@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import struct
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -148,15 +147,3 @@ def restore(spec: dict, blobs: Blobs, path="<packed>") -> tuple[dict, dict, dict
     except (ValueError, KeyError, TypeError, IndexError, OverflowError, MemoryError) as e:
         raise _bad(path, str(e).splitlines()[0][:160] if str(e) else type(e).__name__) from None
     return state, masks, quant
-
-
-def blob_sizes(path: str | os.PathLike) -> dict:
-    """Bytes per blob kind and for the header, from the file itself (for the report)."""
-    with open(path, "rb") as f:
-        (hlen,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(hlen))
-    header.pop("__metadata__", None)
-    out = {name: info["data_offsets"][1] - info["data_offsets"][0] for name, info in header.items()}
-    out["header"] = 8 + hlen
-    out["file"] = Path(path).stat().st_size
-    return out

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import bitpack
-
 
 def gap_entries(positions: np.ndarray, g: int) -> np.ndarray:
     """Gap stream (with fillers) for ascending kept positions, each entry < 2^g."""
@@ -52,12 +50,6 @@ def best_layout(mask: np.ndarray) -> tuple[str, int, np.ndarray, int]:
     kind, g, _, size = best
     entries = mask.astype(np.uint8) if kind == "bitmap" else gap_entries(positions, g)
     return kind, g, entries, size
-
-
-def encode_layout(mask: np.ndarray) -> tuple[dict, np.ndarray]:
-    kind, g, entries, _ = best_layout(mask.ravel())
-    words = bitpack.pack(entries, g)
-    return {"layout": kind, "index_bits": g, "index_entries": int(entries.size)}, words
 
 
 def decode_positions(meta: dict, entries: np.ndarray, numel: int) -> np.ndarray:

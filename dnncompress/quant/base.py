@@ -123,9 +123,6 @@ class Quantizer(nn.Module):
             q = q * mask
         return StraightThrough.apply(w, q)
 
-    def on_end(self) -> None:
-        """Hook called when a training run ends."""
-
     # ------------------------------------------------------------------ persistence
     def export_state(self) -> dict:
         return {

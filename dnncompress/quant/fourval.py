@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from .base import SCHEMES, Quantizer, StraightThrough
-from .exact import fourval_alpha, fourval_refine
+from .exact import fourval_alpha
 
 
 def _table(alpha: torch.Tensor):
@@ -19,10 +19,6 @@ class FourValue(Quantizer):
 
     def _fit(self, rows, valid):
         return _table(fourval_alpha(rows.abs(), valid))
-
-    def _refine(self, rows, valid):
-        alpha = self.levels[:, 2:3].detach().float()
-        return _table(fourval_refine(rows.abs(), valid, alpha))
 
     def _sign_and_big(self, rows, mags=None):
         """The one assignment rule both encode() and forward() use: w > 0 picks +, |w| > 1.5α picks 2α."""
