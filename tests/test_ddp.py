@@ -1,23 +1,17 @@
 """Two CPU processes (gloo) train through torchrun and must end with bit-identical weights."""
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import torch
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_ddp_train_ranks_agree(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "dnncompress", "train", "lenet300", "--data", "synthetic",
+    # --standalone: torchrun picks a free rendezvous port itself (no pick-then-bind race)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "dnncompress", "train", "lenet300", "--data", "synthetic",
            "--epochs", "1", "-o", str(tmp_path / "ddp.pt"), "--json"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
