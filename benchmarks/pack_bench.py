@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import ROOT, table, timeit, write_section
 
 import dnncompress
-from common import ROOT, table, timeit, write_section
 from dnncompress.checkpoint import new_checkpoint, save_checkpoint
 from dnncompress.data import load_data
 from dnncompress.models import build_model
@@ -193,7 +193,7 @@ def fuzz_section(cases, d):
             counts["correct load" if ok else "wrong load"] += 1
         except dnncompress.UserError:
             counts["clean error"] += 1
-        except Exception:  # noqa: BLE001
+        except Exception:  # anything but UserError is a crash to count
             counts["crash"] += 1
         slowest = max(slowest, time.perf_counter() - t1)
     return (f"{cases} seeded mutations (truncation, bit flips, lying header length, overwrites, insertions, trailing bytes) "

@@ -12,19 +12,19 @@ import time
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+from common import DOCS, table, write_section
 
-from common import DOCS, table, write_section  # noqa: E402
-from dnncompress.checkpoint import new_checkpoint  # noqa: E402
-from dnncompress.data import load_data  # noqa: E402
-from dnncompress.models import build_model  # noqa: E402
-from dnncompress.prune import apply_masks, magnitude_masks, prune  # noqa: E402
-from dnncompress.prune.sensitivity import auto_sparsity  # noqa: E402
-from dnncompress.stages import Context  # noqa: E402
-from dnncompress.stages.joint import JointParams, joint_stage  # noqa: E402
-from dnncompress.surgery import compressible_layers  # noqa: E402
-from dnncompress.train import TrainSettings, evaluate, seed_everything, train  # noqa: E402
+from dnncompress.checkpoint import new_checkpoint
+from dnncompress.data import load_data
+from dnncompress.models import build_model
+from dnncompress.prune import apply_masks, magnitude_masks, prune
+from dnncompress.prune.sensitivity import auto_sparsity
+from dnncompress.stages import Context
+from dnncompress.stages.joint import JointParams, joint_stage
+from dnncompress.surgery import compressible_layers
+from dnncompress.train import TrainSettings, evaluate, seed_everything, train
 
 CMD = "python benchmarks/prune_lenet5.py"
 

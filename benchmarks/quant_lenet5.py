@@ -13,14 +13,14 @@ import time
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
+from common import DOCS, mean_std, table, timeit, write_section
 
-import dnncompress  # noqa: E402
-from common import DOCS, mean_std, table, timeit, write_section  # noqa: E402
-from dnncompress.data import load_data  # noqa: E402
-from dnncompress.models import build_model  # noqa: E402
-from dnncompress.train import TrainSettings, evaluate, seed_everything, train  # noqa: E402
+import dnncompress
+from dnncompress.data import load_data
+from dnncompress.models import build_model
+from dnncompress.train import TrainSettings, evaluate, seed_everything, train
 
 CMD = "python benchmarks/quant_lenet5.py"
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from .errors import UserError  # noqa: E402
-from .prune.magnitude import prune as prune_model  # noqa: E402  (dnncompress.prune is the subpackage)
-from .quant import quantization_summary, quantize  # noqa: E402
-from .pack import load_packed, save_packed  # noqa: E402
+from .checkpoint import load_checkpoint, save_checkpoint
+from .errors import UserError
+from .pack import load_packed, save_packed
+from .prune.magnitude import prune as prune_model  # named so: dnncompress.prune is the subpackage
+from .quant import quantization_summary, quantize
 
 
 def available() -> dict[str, list[str]]:

@@ -103,7 +103,7 @@ def load_checkpoint(path: str | Path, arch: str | None = None, arch_kwargs: dict
 def _import_full_model(p: Path, arch: str | None, arch_kwargs: dict | None) -> dict:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - arbitrary pickles fail in arbitrary ways
+    except Exception as e:  # arbitrary pickles fail in arbitrary ways
         raise UserError(f"cannot unpickle {p}: {str(e).splitlines()[0][:160]}") from None
     if not isinstance(obj, nn.Module):
         raise UserError(f"{p} unpickled to {type(obj).__name__}, not a torch.nn.Module")

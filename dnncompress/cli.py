@@ -69,7 +69,7 @@ class Group(click.Group):
             _fail("interrupted", 130)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
-        except Exception as e:  # noqa: BLE001 - last line of defence: no traceback for users
+        except Exception as e:  # last line of defence: no traceback for users
             if os.environ.get("DNNCOMPRESS_DEBUG"):
                 raise
             _fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (set DNNCOMPRESS_DEBUG=1 for a traceback)", 1)
@@ -89,7 +89,7 @@ def main():
 
 
 def _rank() -> int:
-    return int(os.environ.get("RANK", 0))
+    return int(os.environ.get("RANK", "0"))
 
 
 def resolve_input(path: str | None, suffixes=(".pt", ".dnc")) -> Path:

@@ -127,7 +127,7 @@ def _cifar(name: str, folder: str, train_files, test_files, label_key: str, clas
             try:
                 with open(base / folder / f, "rb") as fh:
                     entry = pickle.load(fh, encoding="latin1")  # the official CIFAR format is a pickle
-            except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
+            except Exception as e:  # any unreadable file is the user's to fix
                 raise UserError(f"cannot read {base / folder / f}: {e}") from None
             xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             ys.extend(entry[label_key])

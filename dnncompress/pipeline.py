@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .checkpoint import load_checkpoint
 from .config import RunConfig

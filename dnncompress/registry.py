@@ -6,7 +6,8 @@ so an unknown name fails the same way everywhere.
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
 
 from .errors import UserError
 

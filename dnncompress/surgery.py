@@ -8,7 +8,7 @@ shadow weight through the straight-through estimator. This works for every modul
 from __future__ import annotations
 
 import fnmatch
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn

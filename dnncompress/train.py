@@ -10,8 +10,8 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -51,11 +51,11 @@ def pick_device(name: str = "auto") -> torch.device:
 
 def distributed_env() -> tuple[int, int]:
     """(rank, world size) as torchrun sets them; (0, 1) outside torchrun."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def _init_distributed(device: torch.device) -> bool:
-    rank, world = distributed_env()
+    _, world = distributed_env()
     if world <= 1:
         return False
     if not dist.is_initialized():

@@ -13,7 +13,7 @@ def test_two_process_ddp_train_ranks_agree(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "dnncompress", "train", "lenet300", "--data", "synthetic",
            "--epochs", "1", "-o", str(tmp_path / "ddp.pt"), "--json"]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, check=False, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["world_size"] == 2

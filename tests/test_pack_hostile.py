@@ -114,8 +114,8 @@ def test_wrong_version_and_wrong_format(packed, tmp_path):
     (tmp_path / "v9.dnc").write_bytes(data[:8] + header + data[8 + hlen :])
     with pytest.raises(UserError, match="version 9"):
         checkpoint_from_packed(tmp_path / "v9.dnc")
-    from safetensors.numpy import save_file
     import numpy as np
+    from safetensors.numpy import save_file
 
     save_file({"x": np.zeros(3, np.float32)}, str(tmp_path / "plain.safetensors"))
     with pytest.raises(UserError, match="format tag"):

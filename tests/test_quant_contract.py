@@ -21,7 +21,7 @@ def _max_levels(q) -> int:
     return q.num_levels
 
 
-@pytest.mark.parametrize("scheme,opts", CASES, ids=lambda v: str(v))
+@pytest.mark.parametrize("scheme,opts", CASES, ids=str)
 def test_contract(scheme, opts):
     torch.manual_seed(0)
     w = torch.randn(16, 8, 3, 3, requires_grad=True)
@@ -113,7 +113,7 @@ def test_fourval_gaussian_shape_matches_the_design_notes():
     rel = float(((q(w) - w) ** 2).sum() / (w**2).sum())
     tern = make_quantizer("ternary", rule="exact").fit(w)
     rel_t = float(((tern(w) - w) ** 2).sum() / (w**2).sum())
-    assert rel < 0.17 < 0.19 < rel_t + 0.01
+    assert rel < 0.17 and rel_t > 0.18  # ≈ 0.16 vs ≈ 0.19 in DESIGN §2
 
 
 def test_fast_refine_tracks_the_exact_fit():

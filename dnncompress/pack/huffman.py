@@ -47,13 +47,13 @@ def code_lengths(counts: np.ndarray) -> np.ndarray:
 def canonical_codes(lengths: np.ndarray) -> np.ndarray:
     """Canonical code values (MSB-first) for the given lengths."""
     codes = np.zeros(lengths.size, dtype=np.int64)
-    order = sorted((int(l), s) for s, l in enumerate(lengths) if l > 0)
+    order = sorted((int(length), s) for s, length in enumerate(lengths) if length > 0)
     code, prev = 0, order[0][0] if order else 0
-    for i, (l, s) in enumerate(order):
+    for i, (length, s) in enumerate(order):
         if i:
-            code = (code + 1) << (l - prev)
+            code = (code + 1) << (length - prev)
         codes[s] = code
-        prev = l
+        prev = length
     return codes
 
 

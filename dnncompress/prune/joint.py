@@ -9,7 +9,7 @@ The stage then trains the choice in: gradual pruning, then quantization-aware fi
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn

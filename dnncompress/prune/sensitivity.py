@@ -5,7 +5,7 @@ Assumes drops roughly add up; the final measured check is what guarantees the bu
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import fnmatch
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 import torch.nn as nn

@@ -18,7 +18,7 @@ import torch.nn as nn
 from ..errors import UserError
 from ..registry import Registry
 
-SCHEMES: Registry[type["Quantizer"]] = Registry("quantization scheme")
+SCHEMES: Registry[type[Quantizer]] = Registry("quantization scheme")
 
 
 class StraightThrough(torch.autograd.Function):
@@ -86,7 +86,7 @@ class Quantizer(nn.Module):
         return rows, valid
 
     @torch.no_grad()
-    def fit(self, w: torch.Tensor, mask: torch.Tensor | None = None) -> "Quantizer":
+    def fit(self, w: torch.Tensor, mask: torch.Tensor | None = None) -> Quantizer:
         rows, valid = self._rows(w.detach().float(), mask)
         levels, thresholds = self._fit(rows, valid)
         self._store(levels, thresholds)
@@ -131,7 +131,7 @@ class Quantizer(nn.Module):
             "levels": self.levels.detach().cpu().clone(), "thresholds": self.thresholds.detach().cpu().clone(),
         }
 
-    def load_state(self, state: dict) -> "Quantizer":
+    def load_state(self, state: dict) -> Quantizer:
         self._store(state["levels"].float(), state["thresholds"].float())
         self.fitted = True
         return self

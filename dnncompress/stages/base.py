@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..checkpoint import save_checkpoint
 from ..data import DataBundle, load_data
@@ -28,7 +29,7 @@ class StageOutput:
 class Stage:
     name: str
     params: type
-    run: Callable[[dict | None, Any, "Context"], StageOutput]
+    run: Callable[[dict | None, Any, Context], StageOutput]
     suffix: str
     ext: str = ".pt"
     needs_input: bool = True
