@@ -17,7 +17,7 @@ from .pack.layers import Blobs, fragment_bytes
 ITEMSIZE = {k: np.dtype(v).itemsize for k, v in Blobs.DTYPES.items()}
 
 
-def _fp32_file_bytes(state: dict) -> int:
+def fp32_file_bytes(state: dict) -> int:
     from safetensors.torch import save_file
 
     dense = {k: v.float().contiguous() if v.is_floating_point() else v.contiguous() for k, v in state.items()}
@@ -73,7 +73,7 @@ def report_packed(dnc_path: str | os.PathLike, fp32_bytes: int | None = None) ->
         r["bits_per_weight"] = 8 * r["bytes"] / max(r["params"], 1)
     if fp32_bytes is None:
         state, _, _ = restore(spec, blobs, dnc_path)
-        fp32_bytes = _fp32_file_bytes(state)
+        fp32_bytes = fp32_file_bytes(state)
     total_params = sum(r["params"] for r in out_rows)
     return {"file": str(dnc_path), "arch": spec.get("arch"), "entropy": spec.get("entropy"), "layers": out_rows,
             "container_bytes": container, "packed_bytes": file_bytes, "fp32_bytes": fp32_bytes,
@@ -87,7 +87,7 @@ def report_checkpoint(ckpt: dict, entropy: str = "none") -> dict:
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "model.dnc"
         write_packed(ckpt, path, entropy)
-        out = report_packed(path, _fp32_file_bytes(ckpt["state_dict"]))
+        out = report_packed(path, fp32_file_bytes(ckpt["state_dict"]))
     out["file"] = "(checkpoint, packed in memory)"
     return out
 

@@ -8,7 +8,8 @@ shadow weight through the straight-through estimator. This works for every modul
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -71,6 +72,26 @@ def attach(module: nn.Module, mask: torch.Tensor | None = None, quantizer: nn.Mo
     if quantizer is not None:
         comp.quantizer = quantizer
     return comp
+
+
+def weight_key(layer: str) -> str:
+    """state_dict key of a layer's weight; the root module (name '') has plain 'weight'."""
+    return f"{layer}.weight" if layer else "weight"
+
+
+@contextmanager
+def shadow_weights_replaced(values: dict[nn.Module, torch.Tensor]) -> Iterator[None]:
+    """Temporarily give modules other shadow weights (for what-if evaluations); always restored."""
+    saved = {m: shadow_weight(m).detach().clone() for m in values}
+    try:
+        with torch.no_grad():
+            for m, v in values.items():
+                shadow_weight(m).copy_(v)
+        yield
+    finally:
+        with torch.no_grad():
+            for m, w0 in saved.items():
+                shadow_weight(m).copy_(w0)
 
 
 def shadow_weight(module: nn.Module) -> torch.Tensor:
@@ -149,6 +170,6 @@ def effective_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     model.eval()
     for name, module in model.named_modules():
         if parametrize.is_parametrized(module, "weight"):
-            out[f"{name}.weight" if name else "weight"] = module.weight.detach().cpu().clone()
+            out[weight_key(name)] = module.weight.detach().cpu().clone()
     model.train(model_was_training)
     return out

@@ -136,3 +136,16 @@ def test_auto_without_data_is_a_clear_error(in_tmp):
     save_checkpoint(new_checkpoint("lenet300", {}, build_model("lenet300").state_dict()), in_tmp / "nodata.pt")
     res = CliRunner().invoke(main, ["prune", "nodata.pt", "--sparsity", "auto", "-o", "o.pt"])
     assert res.exit_code == 2 and "needs data" in res.output
+
+
+def test_what_if_weights_are_restored_even_when_evaluation_fails():
+    from dnncompress.surgery import shadow_weights_replaced, weight_key
+
+    layer = torch.nn.Linear(4, 2)
+    before = layer.weight.detach().clone()
+    with pytest.raises(RuntimeError):
+        with shadow_weights_replaced({layer: torch.zeros_like(before)}):
+            assert torch.all(layer.weight == 0)
+            raise RuntimeError("evaluation failed")
+    assert torch.equal(layer.weight, before)
+    assert weight_key("") == "weight" and weight_key("fc1") == "fc1.weight"

@@ -17,6 +17,7 @@ import torch
 
 from ..errors import UserError
 from ..fileio import require_file
+from ..surgery import weight_key
 from .layers import Blobs, decode_layer, encode_layer
 
 FORMAT = "dnncompress-packed"
@@ -42,7 +43,7 @@ def build_packed(ckpt: dict, entropy: str = "none", fp16: bool = False) -> tuple
     masks, quant = ckpt.get("masks", {}) or {}, ckpt.get("quant", {}) or {}
     layers, handled = [], set()
     for name in sorted(set(masks) | set(quant)):
-        key = f"{name}.weight" if name else "weight"
+        key = weight_key(name)
         if key not in state:
             raise UserError(f"checkpoint has compression for '{name}' but no weight '{key}'")
         layers.append(encode_layer(blobs, name, state[key], masks.get(name), quant.get(name), entropy, fp16))
@@ -131,7 +132,7 @@ def restore(spec: dict, blobs: Blobs, path="<packed>") -> tuple[dict, dict, dict
         for layer in spec["layers"]:
             weight, mask, q = decode_layer(blobs, layer)
             name = layer["n"]
-            state[f"{name}.weight" if name else "weight"] = weight
+            state[weight_key(name)] = weight
             if mask is not None:
                 masks[name] = mask
             if q is not None:

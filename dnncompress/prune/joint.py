@@ -37,21 +37,19 @@ def layer_bytes(mask: torch.Tensor, bits: int) -> int:
 def scan(layers: dict[str, nn.Module], accuracy: Callable[[], float], sparsities=SPARSITIES, bits=BITS, progress=None) -> dict:
     """{layer: [(s, b, drop, bytes), ...]} plus the baseline accuracy."""
     from ..quant import make_quantizer
-    from ..surgery import shadow_weight
+    from ..surgery import shadow_weight, shadow_weights_replaced
 
     base = accuracy()
     table, done, total = {}, 0, len(layers) * len(sparsities) * len(bits)
     for name, module in layers.items():
-        w = shadow_weight(module)
-        original = w.detach().clone()
+        original = shadow_weight(module).detach().clone()
         rows = []
         for s in sparsities:
-            mask = keep_top(effective_magnitude(module), int(round(s * w.numel())))
+            mask = keep_top(effective_magnitude(module), int(round(s * original.numel())))
             for b in bits:
                 q = make_quantizer("codebook", bits=b).fit(original, mask).eval()
-                w.copy_(q(original, mask))
-                rows.append((s, b, base - accuracy(), layer_bytes(mask, b)))
-                w.copy_(original)
+                with shadow_weights_replaced({module: q(original, mask)}):
+                    rows.append((s, b, base - accuracy(), layer_bytes(mask, b)))
                 done += 1
                 if progress:
                     progress({"kind": "scan", "done": done, "total": total, "info": f"{name} s={s:.2f} b={b}"})

@@ -93,5 +93,11 @@ def prune(model: nn.Module, sparsity: float = 0.9, scope: str = "layer", include
     return mask_summary(masks)
 
 
+def overall_sparsity(masks: dict[str, torch.Tensor]) -> float:
+    """Fraction of masked-out weights over all masked layers."""
+    total = sum(m.numel() for m in masks.values())
+    return 1 - sum(int(m.sum()) for m in masks.values()) / max(total, 1)
+
+
 def mask_summary(masks: dict[str, torch.Tensor]) -> list[dict]:
     return [{"layer": n, "params": m.numel(), "kept": int(m.sum()), "sparsity": 1 - float(m.float().mean())} for n, m in masks.items()]

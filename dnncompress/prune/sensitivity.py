@@ -19,19 +19,15 @@ GRID = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
 @torch.no_grad()
 def _with_sparsities(layers: dict[str, nn.Module], targets: dict[str, float], fn: Callable[[], float]) -> float:
     """Evaluate `fn` with layers temporarily pruned to `targets` (shadow weights restored after)."""
-    from ..surgery import shadow_weight
+    from ..surgery import shadow_weight, shadow_weights_replaced
 
-    saved = {}
-    try:
-        for name, s in targets.items():
-            w = shadow_weight(layers[name])
-            saved[name] = w.detach().clone()
-            mag = effective_magnitude(layers[name])
-            w.mul_(keep_top(mag, int(round(s * mag.numel()))).to(w.dtype))
+    pruned = {}
+    for name, s in targets.items():
+        mag = effective_magnitude(layers[name])
+        w = shadow_weight(layers[name])
+        pruned[layers[name]] = w * keep_top(mag, int(round(s * mag.numel()))).to(w.dtype)
+    with shadow_weights_replaced(pruned):
         return fn()
-    finally:
-        for name, w0 in saved.items():
-            shadow_weight(layers[name]).copy_(w0)
 
 
 def scan(layers: dict[str, nn.Module], accuracy: Callable[[], float], grid=GRID, progress=None) -> tuple[float, dict[str, list]]:

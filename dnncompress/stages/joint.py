@@ -8,7 +8,7 @@ from typing import Literal
 from ..checkpoint import derive
 from ..errors import UserError
 from ..prune import joint
-from ..surgery import compressible_layers, model_from_checkpoint, update_checkpoint
+from ..surgery import compressible_layers, model_from_checkpoint, update_checkpoint, weight_key
 from ..train import evaluate
 from .base import Context, StageOutput, register_stage
 from .training import AGPParams, FinetuneParams, finetune_model
@@ -45,15 +45,15 @@ class JointParams:
 @register_stage("joint", JointParams, suffix="joint")
 def joint_stage(ckpt, p: JointParams, ctx: Context) -> StageOutput:
     """Search per-layer sparsity and bit-width under a size target, then AGP-prune and QAT them in."""
-    from ..report import _fp32_file_bytes, report_checkpoint
+    from ..report import fp32_file_bytes, report_checkpoint
 
     if ckpt.get("quant") or ckpt.get("masks"):
         raise UserError("joint starts from an uncompressed checkpoint (no masks, no quantizers)")
     bundle = ctx.data_for(ckpt)
     model = model_from_checkpoint(ckpt).eval()
     layers = compressible_layers(model, p.include, p.exclude)
-    fp32_bytes = _fp32_file_bytes(ckpt["state_dict"])
-    compressed_keys = {f"{n}.weight" for n in layers}
+    fp32_bytes = fp32_file_bytes(ckpt["state_dict"])
+    compressed_keys = {weight_key(n) for n in layers}
     leftovers = joint.leftover_bytes(ckpt["state_dict"], compressed_keys)
     target = p.target_bytes or fp32_bytes / p.target_ratio
     scanned = joint.scan(layers, lambda: evaluate(model, bundle.test, device=ctx.device)["accuracy"], p.sparsities, p.bits, ctx.progress)

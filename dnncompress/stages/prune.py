@@ -7,7 +7,7 @@ from typing import Literal
 from ..checkpoint import derive
 from ..errors import UserError
 from ..prune import apply_masks, mask_summary
-from ..prune.magnitude import check_sparsity, layer_sparsities, magnitude_masks
+from ..prune.magnitude import check_sparsity, layer_sparsities, magnitude_masks, overall_sparsity
 from ..surgery import compressible_layers, model_from_checkpoint, update_checkpoint
 from ..train import evaluate
 from .base import Context, StageOutput, register_stage
@@ -62,10 +62,8 @@ def prune_stage(ckpt, p: PruneParams, ctx: Context) -> StageOutput:
         targets = layer_sparsities(layers, p.sparsity, p.overrides)
     masks = magnitude_masks(layers, targets, p.scope)
     apply_masks(layers, masks)
-    summary = mask_summary(masks)
-    total = sum(r["params"] for r in summary)
-    result["layers"] = summary
-    result["overall_sparsity"] = 1 - sum(r["kept"] for r in summary) / max(total, 1)
+    result["layers"] = mask_summary(masks)
+    result["overall_sparsity"] = overall_sparsity(masks)
     out = update_checkpoint(derive(ckpt), model)
     if ctx.data_name or (ckpt.get("dataset") or {}).get("name"):
         metrics = evaluate(model, ctx.data_for(ckpt).test, device=ctx.device)

@@ -31,10 +31,9 @@ class QuantizeParams:
 
     def __post_init__(self):
         SCHEMES.get(self.scheme)  # did-you-mean for unknown schemes
-        self.quantizer_options()  # conflicts fail at validation time, not after loading data
         from ..quant import make_quantizer
 
-        make_quantizer(self.scheme, **self.quantizer_options())
+        make_quantizer(self.scheme, **self.quantizer_options())  # conflicts fail at validation, not after loading data
 
     def quantizer_options(self) -> dict:
         opts = {"bits": self.bits, "per_channel": self.per_channel, "refit": self.refit, "rule": self.rule,

@@ -148,8 +148,9 @@ def finetune_model(ckpt: dict, p: FinetuneParams, ctx: Context, extra_hooks=()) 
     out = update_checkpoint(derive(ckpt), model.cpu())
     out["metrics"] = {**ckpt.get("metrics", {}), "accuracy": metrics["accuracy"], "loss": metrics["loss"]}
     if out["masks"]:
-        kept = sum(int(m.sum()) for m in out["masks"].values())
-        stats["overall_sparsity"] = 1 - kept / sum(m.numel() for m in out["masks"].values())
+        from ..prune.magnitude import overall_sparsity
+
+        stats["overall_sparsity"] = overall_sparsity(out["masks"])
     return out, {**metrics, **stats}
 
 
