@@ -7,7 +7,9 @@ or, only with `trust=True`, a pickled nn.Module.
 from __future__ import annotations
 
 import copy
+import io
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,9 @@ import torch
 import torch.nn as nn
 
 from .errors import UserError
-from .fileio import atomic_path, require_file
+from .fileio import atomic_write_bytes, require_file
+from .models.zoo import check_arch_from_file
+from .validate import check_checkpoint, check_state, expected_state
 
 FORMAT = "dnncompress-checkpoint"
 VERSION = 1
@@ -46,9 +50,32 @@ def derive(ckpt: dict) -> dict:
 
 
 def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
+    """Atomic, fsynced, and byte-identical for the same content: serialized in memory first, so the
+    temp file's random name never ends up inside the zip archive."""
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    atomic_write_bytes(path, buf.getbuffer())
     return Path(path)
+
+
+MAX_INFLATE = 4  # a torch zip stores tensors uncompressed: declared sizes far above the file's are a bomb
+
+
+def _check_archive(p: Path) -> None:
+    """Refuse an empty file, and a zip whose declared contents are much larger than the file (zip bomb),
+    before torch inflates anything."""
+    size = p.stat().st_size
+    if size == 0:
+        raise UserError(f"{p} is empty (0 bytes); re-create it or check the path")
+    if not zipfile.is_zipfile(p):
+        return  # torch's legacy format or not a checkpoint at all: torch.load reports which
+    try:
+        with zipfile.ZipFile(p) as z:
+            declared = sum(i.file_size for i in z.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        raise UserError(f"{p} is not a readable PyTorch checkpoint (damaged zip: {str(e)[:80]})") from None
+    if declared > MAX_INFLATE * size + (1 << 20):
+        raise UserError(f"{p} declares {declared:,} bytes of content in a {size:,}-byte file (a zip bomb?); refusing to inflate it")
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -61,8 +88,15 @@ def _class_path(module: nn.Module) -> str:
 
 
 def load_checkpoint(path: str | Path, arch: str | None = None, arch_kwargs: dict | None = None, trust: bool = False) -> dict:
-    """Load a dnncompress checkpoint, or import a bare state_dict / (with trust) a pickled model."""
+    """Load a dnncompress checkpoint, or import a bare state_dict / (with trust) a pickled model.
+
+    `arch` is what the user named on the command line: it is needed for a bare state_dict, it
+    replaces the architecture a checkpoint records, and it is the only way (besides `trust`) that a
+    `module:factory` recorded in a file is imported. Every tensor is checked against the
+    architecture (built on the meta device) before anything is built for real.
+    """
     p = require_file(path)
+    _check_archive(p)
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -72,16 +106,24 @@ def load_checkpoint(path: str | Path, arch: str | None = None, arch_kwargs: dict
                 "pass --trust only if you trust its source, or save model.state_dict() and pass --arch"
             ) from None
         return _import_full_model(p, arch, arch_kwargs)
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise UserError(f"{p} is not a readable PyTorch checkpoint ({str(e).splitlines()[0][:120]})") from None
+    except MemoryError:
+        raise UserError(f"{p} needs more memory than this machine has to load; it is damaged or not a checkpoint") from None
+    except Exception as e:  # weights_only loading runs no code: any failure means an unreadable file
+        first = (str(e).splitlines() or [type(e).__name__])[0][:120]
+        raise UserError(f"{p} is not a readable PyTorch checkpoint ({first})") from None
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         if obj.get("version") != VERSION:
-            raise UserError(f"{p} is checkpoint version {obj.get('version')}, this dnncompress reads version {VERSION}; upgrade dnncompress")
+            raise UserError(f"{p} is checkpoint version {str(obj.get('version'))[:20]}, this dnncompress reads version {VERSION}; upgrade dnncompress")
         missing = [k for k in ("arch", "state_dict") if k not in obj]
         if missing:
             raise UserError(f"{p} is a damaged dnncompress checkpoint: missing {', '.join(missing)}")
         for key, default in (("arch_kwargs", {}), ("dataset", {}), ("masks", {}), ("quant", {}), ("metrics", {}), ("history", [])):
             obj.setdefault(key, default)
+        if arch:
+            obj["arch"] = arch
+            if arch_kwargs is not None:
+                obj["arch_kwargs"] = dict(arch_kwargs)
+        check_checkpoint(obj, p, named=arch, trust=trust)
         return obj
     state = obj.get("state_dict") if isinstance(obj, dict) and _is_state_dict(obj.get("state_dict")) else obj
     if _is_state_dict(state):
@@ -89,13 +131,15 @@ def load_checkpoint(path: str | Path, arch: str | None = None, arch_kwargs: dict
             raise UserError(f"{p} is a bare state_dict; pass --arch NAME so dnncompress knows which model it belongs to")
         from .models import build_model
 
+        check_arch_from_file(arch, arch_kwargs or {}, "--arch", named=arch)
+        check_state(state, expected_state(arch, arch_kwargs or {}, p), arch, p)
         model = build_model(arch, arch_kwargs)
         try:
             model.load_state_dict(state)
         except RuntimeError as e:
             raise UserError(f"{p} does not fit architecture '{arch}': {str(e).splitlines()[0][:160]}") from None
         ckpt = new_checkpoint(arch, arch_kwargs or {}, model.state_dict())
-        ckpt["history"].append({"stage": "import", "config": {"source": str(p), "arch": arch}, "seconds": 0.0, "result": {}})
+        ckpt["history"].append({"stage": "import", "config": {"source": str(p), "arch": arch}, "result": {}})
         return ckpt
     raise UserError(f"{p} is neither a dnncompress checkpoint nor a state_dict; nothing to load")
 
@@ -115,6 +159,6 @@ def _import_full_model(p: Path, arch: str | None, arch_kwargs: dict | None) -> d
     except UserError as e:
         raise UserError(f"{p}: the model's class cannot be rebuilt from '{arch}' ({e}); pass --arch module:factory") from None
     ckpt = new_checkpoint(arch, arch_kwargs or {}, obj.state_dict())
-    ckpt["history"].append({"stage": "import", "config": {"source": str(p), "trusted_pickle": True}, "seconds": 0.0, "result": {}})
+    ckpt["history"].append({"stage": "import", "config": {"source": str(p), "trusted_pickle": True}, "result": {}})
     return ckpt
 

@@ -14,8 +14,8 @@ EXAMPLES = {
     "train": "dnncompress train lenet5 --data mnist --epochs 3 -o base.pt",
     "eval": "dnncompress eval base.pt --json",
     "finetune": "dnncompress finetune base.ft.pt --epochs 2 -o tuned.pt",
-    "run": "dnncompress run configs/fourval.yaml stages.1.finetune.epochs=1",
-    "validate": "dnncompress validate configs/fourval.yaml",
+    "run": "dnncompress run configs/demo.yaml stages.2.finetune.epochs=1",
+    "validate": "dnncompress validate configs/demo.yaml",
     "list": "dnncompress list",
     "quantize": "dnncompress quantize base.pt --scheme fourval --exclude conv1 -o q.pt",
     "pack": "dnncompress pack qat.pt -o model.dnc --entropy huffman",
@@ -110,7 +110,7 @@ def load_input(path: str | None, arch=None, trust=False):
     if p.suffix == ".dnc":
         from .pack import checkpoint_from_packed
 
-        return p, checkpoint_from_packed(p)
+        return p, checkpoint_from_packed(p, arch=arch, trust=trust)
     return p, load_checkpoint(p, arch=arch, trust=trust)
 
 
@@ -198,8 +198,10 @@ data_options = [
     click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 …"),
 ]
 input_options = [
-    click.option("--arch", default=None, help="architecture of a bare state_dict being imported"),
-    click.option("--trust", is_flag=True, help="allow loading a pickled full model (can run code: only for files you trust)"),
+    click.option("--arch", default=None, help="architecture to build (needed for a bare state_dict; a package.module:factory "
+                 "recorded in a file is only imported when you name it here)"),
+    click.option("--trust", is_flag=True, help="allow what can run code: a pickled full model, or a module:factory recorded "
+                 "in a file (only for files you trust)"),
 ]
 
 
@@ -404,17 +406,18 @@ def pack(checkpoint, entropy, fp16, arch, trust, output, json_out):
 
 @main.command(help=_help("unpack", "Restore a checkpoint from a .dnc: weights bit-equal to what the quantized model evaluates with."))
 @click.argument("packed", required=False)
+@with_options(input_options)
 @click.option("-o", "--output", default=None, type=click.Path())
 @click.option("--json", "json_out", is_flag=True)
-def unpack(packed, output, json_out):
+def unpack(packed, arch, trust, output, json_out):
     from .checkpoint import save_checkpoint
     from .fileio import output_path
     from .pack import checkpoint_from_packed
     from .runstate import record_output
 
     src = resolve_input(packed, (".dnc",))
-    ckpt = checkpoint_from_packed(src)
     out = output_path(src, output, "unpacked", ".pt")
+    ckpt = checkpoint_from_packed(src, arch=arch, trust=trust)
     save_checkpoint(ckpt, out)
     record_output(out, "unpack")
     info = {"output": str(out), "layers": len(ckpt["quant"]) + len(set(ckpt["masks"]) - set(ckpt["quant"])), "arch": ckpt["arch"]}
@@ -453,8 +456,12 @@ def report(target, entropy, plot, arch, trust, json_out):
     from .report import plot_report, report_checkpoint, report_packed
 
     path = resolve_input(target)
+    if plot:
+        from .fileio import refuse_input
+
+        refuse_input(plot, [path], "--plot")
     if path.suffix == ".dnc":
-        rep = report_packed(path)
+        rep = report_packed(path, arch=arch, trust=trust)
     else:
         _, ckpt = load_input(str(path), arch, trust)
         rep = report_checkpoint(ckpt, entropy)
@@ -474,12 +481,13 @@ def report(target, entropy, plot, arch, trust, json_out):
 @click.argument("config", type=click.Path())
 @click.argument("overrides", nargs=-1)
 @with_options(data_options)
+@click.option("--trust", is_flag=True, help="allow a package.module:factory architecture named in the config (it runs that code)")
 @click.option("--json", "json_out", is_flag=True)
-def run(config, overrides, data, data_dir, device, json_out):
+def run(config, overrides, data, data_dir, device, trust, json_out):
     from .config import load_config
     from .pipeline import run_config
 
-    cfg = load_config(config, list(overrides))
+    cfg = load_config(config, list(overrides), trust=trust)
     results = []
 
     def on_stage(i, name, out, result):
@@ -497,10 +505,11 @@ def run(config, overrides, data, data_dir, device, json_out):
 @main.command(help=_help("validate", "Check a config without running it."))
 @click.argument("config", type=click.Path())
 @click.argument("overrides", nargs=-1)
-def validate(config, overrides):
+@click.option("--trust", is_flag=True, help="allow a package.module:factory architecture named in the config")
+def validate(config, overrides, trust):
     from .config import load_config
 
-    cfg = load_config(config, list(overrides))
+    cfg = load_config(config, list(overrides), trust=trust)
     click.echo(f"{config}: ok — {len(cfg.stages)} stage(s): {', '.join(n for n, _ in cfg.stages)}")
 
 

@@ -165,12 +165,17 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
                 if not isinstance(k, int) or k >= len(node):
                     raise UserError(f"override '{dotted}': no item {k} at '{_dotted(tuple(keys[:i]))}'")
                 node = node[k]
-            else:
+            elif isinstance(node, dict):
                 if k not in node or node[k] is None:
                     node[k] = [] if isinstance(nxt, int) else {}
                 node = node[k]
+            else:
+                raise UserError(f"override '{dotted}': '{_dotted(tuple(keys[:i]))}' is not a mapping")
         last = keys[-1]
-        value = yaml.safe_load(text) if text else None
+        try:
+            value = yaml.safe_load(text) if text else None
+        except yaml.YAMLError as e:
+            raise UserError(f"override '{item}': the value is not valid YAML ({getattr(e, 'problem', None) or 'syntax'})") from None
         if isinstance(node, list):
             if not isinstance(last, int) or last >= len(node):
                 raise UserError(f"override '{dotted}': index out of range")
@@ -182,25 +187,161 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Read, override and validate a run config; every error is a UserError with file:line."""
-    from .stages import STAGES  # stage parameter classes are registered there
+MAX_CONFIG_BYTES = 1 << 20
+MAX_NODES = 20_000  # scalars, lists and mappings after alias expansion: far above any real config
+MAX_DEPTH = 40
 
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config '{p}' not found; check the path")
-    text = p.read_text()
+
+def _check_graph(node, where: str) -> None:
+    """Refuse alias bombs (few bytes that expand to millions of values), absurd nesting and
+    duplicate keys, walking the composed YAML graph once with a budget."""
+    budget = [MAX_NODES]
+
+    def walk(n, depth):
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise UserError(f"{where}: the config expands to more than {MAX_NODES:,} values (a YAML alias bomb?); write it out without '*' aliases")
+        if depth > MAX_DEPTH:
+            raise UserError(f"{where}:{n.start_mark.line + 1}: values nested more than {MAX_DEPTH} deep; flatten the config")
+        if isinstance(n, yaml.MappingNode):
+            seen = {}
+            for k, v in n.value:
+                key = k.value if isinstance(k, yaml.ScalarNode) else None
+                if key is not None and key in seen:
+                    raise UserError(f"{where}:{k.start_mark.line + 1}: key '{key}' appears twice (first on line {seen[key]}); keep one")
+                if key is not None:
+                    seen[key] = k.start_mark.line + 1
+                walk(k, depth + 1)
+                walk(v, depth + 1)
+        elif isinstance(n, yaml.SequenceNode):
+            for v in n.value:
+                walk(v, depth + 1)
+
+    walk(node, 0)
+
+
+def _parse_yaml(p: Path):
+    """(composed node, Python value) of a config file; every failure names the file (and line)."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        raw = yaml.safe_load(text)
+        data = p.read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read config '{p}': {e.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise UserError(f"{p}: {len(data):,} bytes is too large for a config (at most {MAX_CONFIG_BYTES:,})")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise UserError(f"{p}:{line}: not UTF-8 (byte {e.start} is 0x{data[e.start]:02x}); save the file as UTF-8") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        _check_graph(node, str(p))
+        return node, loader.construct_document(node)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
-        raise UserError(f"{p}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{p}{line}: not valid YAML ({problem})") from None
+    except RecursionError:
+        raise UserError(f"{p}: values nested too deeply to read; flatten the config") from None
+    finally:
+        loader.dispose()
+
+
+DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
+
+
+def _check_run(cfg: RunConfig, p: Path, where: _Where, trust: bool) -> None:
+    """What `run` would reject, found by `validate`: names, files, devices, seeds and output paths."""
+    import re
+
+    from .data import DATASETS
+    from .fileio import require_file
+    from .models.zoo import check_arch_from_file
+    from .stages import STAGES
+
+    if not cfg.stages:
+        raise UserError(f"{where(('stages',))}: the config has no stages; add e.g. '- finetune: {{epochs: 1}}' under stages")
+    if not re.fullmatch(DEVICE_PATTERN, cfg.device):
+        raise UserError(f"{where(('device',))}: device '{cfg.device}' is not auto, cpu, cuda, cuda:N or mps")
+    if not 0 <= cfg.seed < 1 << 63:
+        raise UserError(f"{where(('seed',))}: seed must be in [0, 2^63), got {cfg.seed}")
+    if not cfg.output_dir.strip():
+        raise UserError(f"{where(('output_dir',))}: output_dir must be a directory name, got ''")
+    if cfg.data.name not in DATASETS:
+        try:
+            DATASETS.get(cfg.data.name)
+        except UserError as e:
+            raise UserError(f"{where(('data', 'name'))}: {e}") from None
+    if cfg.data.root is not None and not Path(cfg.data.root).is_dir():
+        raise UserError(f"{where(('data', 'root'))}: data.root '{cfg.data.root}' does not exist; give the folder with the dataset files")
+    archs = [(("model", "arch"), cfg.model.arch, cfg.model.arch_kwargs)]
+    archs += [(("stages", i, n, "arch"), getattr(sp, "arch", None), getattr(sp, "arch_kwargs", None) or cfg.model.arch_kwargs)
+              for i, (n, sp) in enumerate(cfg.stages)]
+    for key, arch, kwargs in archs:
+        if arch is not None:
+            try:
+                check_arch_from_file(arch, kwargs or {}, where(key), trust=trust)
+            except UserError as e:
+                msg = str(e).replace("pass --arch", "pass --trust to run it, or --arch").replace(" (or --trust)", "")
+                raise UserError(msg if where(key) in msg else f"{where(key)}: {msg}") from None
+    first = cfg.stages[0][0]
+    if STAGES.get(first).needs_input:
+        if not cfg.model.checkpoint:
+            raise UserError(f"{where(('model',))}: model.checkpoint is required unless the first stage is 'train'")
+        require_file(cfg.model.checkpoint)
+    for i, (name, sp) in enumerate(cfg.stages):
+        if name == "train" and not (sp.arch or cfg.model.arch):
+            raise UserError(f"{where(('stages', i))}: train needs an architecture (model.arch, or arch in the stage)")
+    outputs = stage_outputs(cfg)
+    taken = {Path(cfg.model.checkpoint).resolve(): "the input checkpoint"} if cfg.model.checkpoint else {}
+    for i, ((name, sp), out) in enumerate(zip(cfg.stages, outputs)):
+        for what, path in (("output", out), ("plot", getattr(sp, "plot", None))):
+            if path is None:
+                continue
+            resolved = Path(path).resolve()
+            if resolved in taken:
+                raise UserError(f"{where(('stages', i, name))}: stage {i} ({name}) {what} {path} would overwrite {taken[resolved]}; give it another path")
+            taken[resolved] = f"the {what} of stage {i} ({name})"
+
+
+def stage_outputs(cfg: RunConfig) -> list[Path]:
+    """Where each stage writes: its own `output` if it names one, else `<output_dir>/<NN>-<stage><ext>`."""
+    from .stages import STAGES
+
+    out_dir = Path(cfg.output_dir)
+    paths = []
+    for i, (name, params) in enumerate(cfg.stages):
+        explicit = getattr(params, "output", None)
+        paths.append(Path(explicit) if explicit else out_dir / f"{i:02d}-{name}{STAGES.get(name).ext}")
+    return paths
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, trust: bool = False) -> RunConfig:
+    """Read, override and validate a run config; every error is a one-line UserError naming the file.
+
+    `trust` allows a `package.module:factory` architecture (it imports and runs that code)."""
+    p = Path(path)
+    try:
+        return _load_config(p, overrides or [], trust)
+    except UserError as e:
+        msg = str(e)
+        raise UserError(msg if str(p) in msg else f"{p}: {msg}") from None
+
+
+def _load_config(p: Path, overrides: list[str], trust: bool) -> RunConfig:
+    from .stages import STAGES  # stage parameter classes are registered there
+
+    if not p.is_file():
+        raise UserError(f"config '{p}' not found; check the path")
+    node, raw = _parse_yaml(p)
     raw = raw or {}
     if not isinstance(raw, dict):
         raise UserError(f"{p}: a config must be a mapping with model, data and stages")
-    raw = apply_overrides(raw, overrides or [])
+    raw = apply_overrides(raw, overrides)
     where = _Where(str(p), _node_lines(node) if node is not None else {})
     stage_items = raw.pop("stages", []) or []
     cfg = build_dataclass(RunConfig, raw, (), where)
@@ -218,4 +359,5 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         stage = STAGES.get(name)
         stages.append((name, build_dataclass(stage.params, params or {}, ("stages", i, name), where)))
     cfg.stages = stages
+    _check_run(cfg, p, where, trust)
     return cfg

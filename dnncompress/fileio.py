@@ -11,27 +11,112 @@ from pathlib import Path
 from .errors import UserError
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def clean_stale_temps(target: Path) -> int:
+    """Remove temp files that a killed run left beside `target` (their writer's pid is gone)."""
+    removed = 0
+    try:
+        candidates = list(target.parent.glob(f".{glob_escape(target.name)}.*.tmp"))
+    except OSError:
+        return 0
+    for tmp in candidates:
+        parts = tmp.name[len(target.name) + 2 :].split(".")
+        if len(parts) >= 3 and parts[0].isdigit() and not _pid_alive(int(parts[0])):
+            try:
+                tmp.unlink()
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _fsync_path(path: Path, directory: bool = False) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def writable_error(target: Path, e: OSError) -> UserError:
+    reason = e.strerror or type(e).__name__
+    return UserError(f"cannot write {target}: {reason}; choose a writable output path (-o) or directory")
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp path beside `path`; on success it replaces `path`, on failure it is removed."""
+    """Yield a temp path beside `path`; on success it is fsynced and replaces `path`, on failure it is removed.
+
+    The temp name carries the writer's pid, so the next write to the same target removes what a
+    killed run left behind. A reader never sees a half-written file.
+    """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_temps(target)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+    except OSError as e:
+        raise writable_error(target, e) from None
     try:
         yield Path(tmp)
+        _fsync_path(Path(tmp))
         os.replace(tmp, target)
+        _fsync_path(target.parent, directory=True)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise writable_error(target, e) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+
+
+def check_writable_dir(directory: str | os.PathLike) -> None:
+    """Fail before a long run, not after it, when its outputs could not be written."""
+    d = Path(directory)
+    probe = d
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write into {d}: permission denied; choose a writable output path (-o) or directory")
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
+def refuse_input(out: str | os.PathLike, inputs, what: str = "output") -> None:
+    """No output may ever name an input."""
+    for src in inputs:
+        if src is not None and same_file(out, src):
+            raise UserError(f"{what} {out} is the input file; choose another path (dnncompress never overwrites its input)")
 
 
 def output_path(input_path: str | os.PathLike | None, output: str | os.PathLike | None, suffix: str, ext: str = ".pt") -> Path:
@@ -44,8 +129,7 @@ def output_path(input_path: str | os.PathLike | None, output: str | os.PathLike 
         out = src.with_name(f"{stem}.{suffix}{ext}")
     else:
         out = Path(output)
-    if input_path is not None and out.exists() and Path(input_path).exists() and out.resolve() == Path(input_path).resolve():
-        raise UserError(f"output {out} is the input file; choose another -o (a stage never overwrites its input)")
+    refuse_input(out, [input_path])
     if out.is_dir():
         raise UserError(f"output {out} is a directory; give a file name")
     return out

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .checkpoint import load_checkpoint
-from .config import RunConfig
+from .config import RunConfig, stage_outputs
 from .errors import UserError
 from .stages import STAGES, Context, execute
 
@@ -21,16 +21,10 @@ def run_config(cfg: RunConfig, ctx: Context, on_stage: Callable[[int, str, Path,
         if not cfg.model.checkpoint:
             raise UserError("model.checkpoint is required unless the first stage is 'train'")
         ckpt = load_checkpoint(cfg.model.checkpoint, arch=cfg.model.arch, arch_kwargs=cfg.model.arch_kwargs)
-    out_dir = Path(cfg.output_dir)
     outputs = []
-    for i, (name, params) in enumerate(cfg.stages):
-        stage = STAGES.get(name)
+    for i, ((name, params), out_path) in enumerate(zip(cfg.stages, stage_outputs(cfg))):
         if name == "train":
             params = dataclasses.replace(params, arch=params.arch or cfg.model.arch, arch_kwargs=params.arch_kwargs or cfg.model.arch_kwargs)
-        explicit = getattr(params, "output", None)
-        out_path = Path(explicit) if explicit else out_dir / f"{i:02d}-{name}{stage.ext}"
-        if cfg.model.checkpoint and out_path.resolve() == Path(cfg.model.checkpoint).resolve():
-            raise UserError(f"stage {i} ({name}) would overwrite the input checkpoint {out_path}")
         ckpt, result = execute(name, params, ckpt, out_path, ctx)
         outputs.append(out_path)
         if on_stage:

@@ -1,45 +1,54 @@
 """Where every byte goes: a per-layer size table for a checkpoint or a .dnc, from actual files.
 
 The compression ratio compares two real files: the fp32 safetensors of the model's
-state_dict and the .dnc (a checkpoint is packed to a temporary file first).
+state_dict and the .dnc (a checkpoint is packed to a temporary file first). The fp32 file's
+size is computed from the shapes exactly as safetensors lays it out (a test compares it with a
+written file), so a report never writes or allocates a model-sized file; a .dnc is vetted against
+its architecture before anything is counted.
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from .pack.container import read_packed, restore, write_packed
+from .pack import vet_packed
+from .pack.container import restore, write_packed
 from .pack.layers import Blobs, fragment_bytes
+from .surgery import weight_key
 
 ITEMSIZE = {k: np.dtype(v).itemsize for k, v in Blobs.DTYPES.items()}
 
 
-def fp32_file_bytes(state: dict) -> int:
-    from safetensors.torch import save_file
+_ST_DTYPE = {torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
 
-    dense = {k: v.float().contiguous() if v.is_floating_point() else v.contiguous() for k, v in state.items()}
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / "fp32.safetensors"
-        save_file(dense, str(path))
-        return path.stat().st_size
+
+def fp32_file_bytes(state: dict) -> int:
+    """Size of the safetensors file of `state` with every float tensor as fp32 (meta tensors welcome):
+    tensors sorted by (alignment, name) as safetensors does, JSON header padded to 8 bytes."""
+    entries = []
+    for key, t in state.items():
+        name, item = ("F32", 4) if t.is_floating_point() else (_ST_DTYPE.get(t.dtype, "I64"), t.element_size())
+        entries.append((-item, key, name, list(t.shape), item * math.prod(t.shape)))
+    header, offset = {}, 0
+    for _, key, name, shape, nbytes in sorted(entries):
+        header[key] = {"dtype": name, "shape": shape, "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    text = len(json.dumps(header, separators=(",", ":")).encode())
+    return 8 + text + (-text % 8) + offset
 
 
 def _module_of(key: str) -> str:
     return key.rsplit(".", 1)[0] if "." in key else ""
 
 
-def report_packed(dnc_path: str | os.PathLike, fp32_bytes: int | None = None) -> dict:
-    """Per-layer bytes of a .dnc (codes / index / codebook / fp leftovers), totals and the real ratio."""
-    spec, blobs = read_packed(dnc_path)
-    rows: dict[str, dict] = {}
-
-    def row(name):
-        return rows.setdefault(name, {"layer": name or "(root)", "params": 0, "nonzeros": 0, "scheme": "fp32", "bits": 32,
-                                      "codes": 0, "index": 0, "codebook": 0, "fp": 0})
-
+def _count_bytes(spec: dict, row) -> None:
+    """Add every layer's and leftover's bytes to its row, by kind of blob."""
     for layer in spec["layers"]:
         r = row(layer["n"])
         numel = int(np.prod(layer["s"]))
@@ -63,17 +72,43 @@ def report_packed(dnc_path: str | os.PathLike, fp32_bytes: int | None = None) ->
         r["params"] += n
         r["nonzeros"] += n
         r["fp"] += ref[1] * ITEMSIZE[kind]
+
+
+def report_packed(dnc_path: str | os.PathLike, fp32_bytes: int | None = None, arch: str | None = None, trust: bool = False) -> dict:
+    """Per-layer bytes of a .dnc (codes / index / codebook / fp leftovers), totals and the real ratio,
+    counted from the vetted spec after a full (architecture-bounded) decode has checked every reference."""
+    spec, blobs, expected = vet_packed(dnc_path, arch, trust)
+    restore(spec, blobs, dnc_path)  # every reference and count checked by a real decode (bounded by the architecture)
+    rows: dict[str, dict] = {}
+
+    def row(name):
+        return rows.setdefault(name, {"layer": name or "(root)", "params": 0, "nonzeros": 0, "scheme": "fp32", "bits": 32,
+                                      "codes": 0, "index": 0, "codebook": 0, "fp": 0})
+
+    try:
+        _count_bytes(spec, row)
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError) as e:
+        from .pack.container import _bad
+
+        raise _bad(dnc_path, f"a layer entry lacks what its kind needs ({type(e).__name__})") from None
     out_rows = list(rows.values())
     payload = sum(r["codes"] + r["index"] + r["codebook"] + r["fp"] for r in out_rows)
     file_bytes = Path(dnc_path).stat().st_size
     container = file_bytes - payload  # safetensors header, JSON spec, word padding
+    if container < 0:
+        from .pack.container import _bad
+
+        raise _bad(dnc_path, "layers share or overcount blob bytes")
     for r in out_rows:
         r["bytes"] = r["codes"] + r["index"] + r["codebook"] + r["fp"]
         r["share"] = r["bytes"] / file_bytes
         r["bits_per_weight"] = 8 * r["bytes"] / max(r["params"], 1)
     if fp32_bytes is None:
-        state, _, _ = restore(spec, blobs, dnc_path)
-        fp32_bytes = fp32_file_bytes(state)
+        if expected is None:  # no architecture recorded: the shapes the spec declares (all bounded by the file)
+            expected = {weight_key(layer["n"]): torch.empty(layer["s"], device="meta") for layer in spec["layers"]}
+            expected.update({k: torch.empty(s, device="meta", dtype=torch.int64 if kind == "i64" else torch.float32)
+                             for k, s, kind, _ in spec["leftovers"]})
+        fp32_bytes = fp32_file_bytes(expected)
     total_params = sum(r["params"] for r in out_rows)
     return {"file": str(dnc_path), "arch": spec.get("arch"), "entropy": spec.get("entropy"), "layers": out_rows,
             "container_bytes": container, "packed_bytes": file_bytes, "fp32_bytes": fp32_bytes,

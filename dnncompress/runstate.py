@@ -12,8 +12,12 @@ from .fileio import atomic_write_bytes
 STATE_FILE = ".dnncompress-state.json"
 
 
+def state_dir(run_dir: str | os.PathLike | None = None) -> Path:
+    return Path(run_dir or os.getcwd())
+
+
 def _state_path(run_dir: str | os.PathLike | None) -> Path:
-    return Path(run_dir or os.getcwd()) / STATE_FILE
+    return state_dir(run_dir) / STATE_FILE
 
 
 def record_output(path: str | os.PathLike, stage: str, run_dir=None) -> None:

@@ -6,6 +6,18 @@ import torch
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def _register_test_linear():
+    """A registered zoo name for single-Linear test models: a name from a file may be a registered
+    architecture, while `torch.nn:Linear` in a file would need --arch or --trust."""
+    from dnncompress.models import ARCHS, register_arch
+
+    if "test-linear" not in ARCHS:
+        register_arch("test-linear", (1, 1, 1), 0)(lambda in_features=1, out_features=1, bias=True: torch.nn.Linear(in_features, out_features, bias))
+
+
+_register_test_linear()
+
+
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     """Run in an empty directory so the run-state file and outputs stay per test."""

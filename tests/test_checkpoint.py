@@ -12,7 +12,7 @@ def test_checkpoint_is_a_weights_only_plain_dict(tiny_ckpt):
     assert raw["format"] == FORMAT and raw["version"] == 1
     for key in ("arch", "arch_kwargs", "dataset", "state_dict", "masks", "quant", "metrics", "history"):
         assert key in raw
-    assert raw["history"][0]["stage"] == "train" and raw["history"][0]["seconds"] >= 0
+    assert raw["history"][0]["stage"] == "train" and "seconds" not in raw["history"][0]  # no timings: same input, same bytes
     assert raw["metrics"]["accuracy"] > 50
 
 

@@ -7,7 +7,7 @@ from dnncompress.models import ARCHS, build_model, default_input_shape
 EXPECTED = {"lenet300": 266_610, "lenet5": 431_080, "resnet20": 269_722, "resnet56": 853_018}
 
 
-@pytest.mark.parametrize("name", ARCHS.names())
+@pytest.mark.parametrize("name", [n for n in ARCHS.names() if not n.startswith("test-")])
 def test_zoo_model_builds_runs_and_has_its_param_count(name):
     model = build_model(name).eval()
     spec = ARCHS.get(name)

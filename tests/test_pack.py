@@ -21,7 +21,7 @@ def linear_ckpt(n_in: int, scheme=None, mask_keep=None, seed=0, **qopts):
     layer = torch.nn.Linear(n_in, 1)
     with torch.no_grad():
         layer.weight.copy_(torch.randn(1, n_in, generator=g))
-    ckpt = new_checkpoint("torch.nn:Linear", {"in_features": n_in, "out_features": 1}, layer.state_dict())
+    ckpt = new_checkpoint("test-linear", {"in_features": n_in, "out_features": 1}, layer.state_dict())
     mask = None
     if mask_keep is not None:
         mask = torch.rand(1, n_in, generator=g) < mask_keep

@@ -75,6 +75,34 @@ def _resolve(arch: str) -> Callable[..., nn.Module]:
     raise AssertionError("unreachable")
 
 
+def is_code_reference(arch: str) -> bool:
+    """True for `package.module:factory`: building it imports and runs that module's code."""
+    return ":" in arch and not arch.startswith("torchvision:")
+
+
+SCALARS = (str, int, float, bool, type(None))
+
+
+def check_arch_from_file(arch, arch_kwargs, source, named: str | None = None, trust: bool = False) -> None:
+    """An architecture read from a file may be a zoo name or `torchvision:NAME`; a `module:factory`
+    only when the user named the same one on the command line (`named`) or passed --trust.
+    Checked before anything is imported, built or called."""
+    if not isinstance(arch, str) or not arch or len(arch) > 200:
+        raise UserError(f"{source}: the recorded architecture must be a name, got {str(arch)[:60]!r}; re-create the file or pass --arch")
+    if not isinstance(arch_kwargs, dict) or not all(isinstance(k, str) and isinstance(v, SCALARS) for k, v in arch_kwargs.items()):
+        raise UserError(f"{source}: the recorded arch_kwargs must map names to plain values, got {str(arch_kwargs)[:60]!r}")
+    if is_code_reference(arch):
+        if not trust and arch != named:
+            raise UserError(f"{source} names architecture '{arch}', which would import and run code from '{arch.split(':')[0]}'; "
+                            f"if you trust that code, pass --arch {arch} (or --trust)")
+        return
+    if arch.startswith("torchvision:"):
+        _resolve(arch)  # an unknown torchvision name fails here, before any build
+        return
+    if arch not in ARCHS:
+        ARCHS.get(arch)  # raises the did-you-mean error
+
+
 def build_model(arch: str, arch_kwargs: dict | None = None) -> nn.Module:
     """Build `arch` with the kwargs it accepts; a zoo name, `torchvision:NAME` or `module:factory`."""
     factory = _resolve(arch)

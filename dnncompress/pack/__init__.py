@@ -9,45 +9,121 @@ import torch.nn as nn
 from ..errors import UserError
 from .container import FORMAT, VERSION, read_packed, restore, write_packed
 
-__all__ = ["FORMAT", "VERSION", "checkpoint_from_packed", "load_packed", "read_packed", "save_packed", "write_packed"]
+__all__ = ["FORMAT", "VERSION", "check_spec", "checkpoint_from_packed", "load_packed", "read_packed", "save_packed", "vet_packed", "write_packed"]
 
 
-def checkpoint_from_packed(path: str | os.PathLike) -> dict:
-    """A checkpoint dict (dequantized weights, masks, quantizer states) rebuilt from a .dnc."""
+def _spec_field(spec: dict, key: str, kind: type, path, default):
+    value = spec.get(key, default)
+    if value is None:
+        value = default
+    if not isinstance(value, kind):
+        raise UserError(f"{path} is not a valid .dnc file: spec '{key}' must be a {kind.__name__}; re-create it with 'dnncompress pack'")
+    return value
+
+
+def vet_packed(path: str | os.PathLike, arch: str | None = None, trust: bool = False, model: nn.Module | None = None):
+    """(spec, blobs, expected state or None): the file parsed, its digest verified, its architecture
+    vetted (no code from the file runs unless named or trusted) and every layer's shape and kind
+    checked against that architecture, all before a single weight is decoded."""
+    spec, blobs = read_packed(path)
+    recorded = spec.get("arch")
+    if recorded is not None and not isinstance(recorded, str):
+        raise UserError(f"{path} is not a valid .dnc file: its architecture is not a name")
+    arch_kwargs = _spec_field(spec, "arch_kwargs", dict, path, {})
+    for key, kind in (("dataset", dict), ("metrics", dict)):
+        spec[key] = _spec_field(spec, key, kind, path, {})
+    spec["arch"] = arch or recorded
+    expected = None
+    if model is not None:
+        from ..surgery import plain_state_dict
+
+        expected = plain_state_dict(model)
+    elif spec["arch"]:
+        from ..validate import check_arch_from_file, expected_state
+
+        check_arch_from_file(spec["arch"], arch_kwargs, path, named=arch, trust=trust)
+        expected = expected_state(spec["arch"], arch_kwargs, path)
+    check_spec(spec, expected, path)
+    return spec, blobs, expected
+
+
+def check_spec(spec: dict, expected: dict | None, path) -> None:
+    """Layer and leftover entries well-formed, each key once, and (given the architecture) the same
+    keys, shapes and kinds of dtype as the architecture: no allocation can exceed the model's size."""
+    from ..surgery import weight_key
+    from .container import _bad
+
+    seen = set()
+
+    def claim(key, shape, what):
+        if not isinstance(key, str) or key in seen:
+            raise _bad(path, f"{what} {str(key)[:60]!r} is named twice or is not a name")
+        seen.add(key)
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 31 for d in shape):
+            raise _bad(path, f"{what} '{key}' has a bad shape")
+        if expected is not None:
+            if key not in expected:
+                raise _bad(path, f"{what} '{key}' is not part of the architecture")
+            if tuple(expected[key].shape) != tuple(shape):
+                raise _bad(path, f"'{key}' has shape {tuple(shape)}, the architecture needs {tuple(expected[key].shape)}")
+
+    for layer in spec["layers"]:
+        if not isinstance(layer, dict) or not isinstance(layer.get("n"), str) or layer.get("k") not in ("q", "m"):
+            raise _bad(path, "a layer entry is malformed (name, kind q|m)")
+        key = weight_key(layer["n"])
+        claim(key, layer.get("s"), "layer")
+        if expected is not None and not expected[key].dtype.is_floating_point:
+            raise _bad(path, f"'{key}' is stored as floating point, the architecture needs {expected[key].dtype}")
+        if "x" in layer and (not isinstance(layer["x"], dict) or layer["x"].get("l") not in ("bitmap", "gaps")):
+            raise _bad(path, f"layer '{layer['n']}' has an unknown sparse layout")
+        if layer["k"] == "q":
+            from ..quant import SCHEMES
+
+            q = layer.get("q")
+            if not isinstance(q, dict) or q.get("scheme") not in SCHEMES:
+                raise _bad(path, f"layer '{layer['n']}' names an unknown quantization scheme")
+    for entry in spec["leftovers"]:
+        if not isinstance(entry, list) or len(entry) != 4 or entry[2] not in ("fp32", "fp16", "i64"):
+            raise _bad(path, "a leftover entry is malformed")
+        key, shape, kind, _ = entry
+        claim(key, shape, "tensor")
+        if expected is not None and expected[key].dtype.is_floating_point != (kind != "i64"):
+            raise _bad(path, f"'{key}' is stored as {kind}, the architecture needs {expected[key].dtype}")
+    if expected is not None:
+        missing = [k for k in expected if k not in seen]
+        if missing:
+            raise _bad(path, f"'{missing[0]}' of the architecture is missing ({len(missing)} missing)")
+
+
+def checkpoint_from_packed(path: str | os.PathLike, arch: str | None = None, trust: bool = False, model: nn.Module | None = None) -> dict:
+    """A checkpoint dict (dequantized weights, masks, quantizer states) rebuilt from a .dnc.
+
+    `arch` (what the user named) replaces the recorded architecture; a recorded `module:factory`
+    is imported only when named so or with `trust`. `model` supplies the shapes instead.
+    """
     from ..checkpoint import FORMAT as CK_FORMAT
     from ..checkpoint import VERSION as CK_VERSION
 
-    spec, blobs = read_packed(path)
+    spec, blobs, expected = vet_packed(path, arch, trust, model)
     state, masks, quant = restore(spec, blobs, path)
-    _check_against_model(spec, state, path)
-    return {"format": CK_FORMAT, "version": CK_VERSION, "arch": spec.get("arch"), "arch_kwargs": spec.get("arch_kwargs") or {},
-            "dataset": spec.get("dataset") or {}, "state_dict": state, "masks": masks, "quant": quant,
-            "metrics": spec.get("metrics") or {}, "history": [{"stage": "unpack", "config": {"source": str(path)}, "seconds": 0.0, "result": {}}]}
+    if expected is not None:
+        from ..validate import check_masks, check_quant, check_state
+
+        for key, t in state.items():  # the file stores fp32/fp16/i64: give back the model's own dtypes
+            if t.dtype != expected[key].dtype:
+                state[key] = t.to(expected[key].dtype)
+        check_state(state, expected, spec["arch"] or "the model", path)
+        check_masks(masks, expected, path)
+        check_quant(quant, expected, path)
+    return {"format": CK_FORMAT, "version": CK_VERSION, "arch": spec["arch"], "arch_kwargs": spec.get("arch_kwargs") or {},
+            "dataset": spec["dataset"], "state_dict": state, "masks": masks, "quant": quant,
+            "metrics": spec["metrics"], "history": [{"stage": "unpack", "config": {"source": str(path)}, "result": {}}]}
 
 
-def _check_against_model(spec: dict, state: dict, path) -> None:
-    """Build the architecture on the meta device (no memory) and compare every shape."""
-    arch = spec.get("arch")
-    if not arch:
-        return
-    from ..models import build_model
-
-    with torch.device("meta"):
-        model = build_model(arch, spec.get("arch_kwargs") or {})
-    expected = model.state_dict()
-    total = sum(t.numel() for t in expected.values())
-    if total > (1 << 31):
-        raise UserError(f"{path}: its model spec claims {total:,} parameters; refusing to build it")
-    for key, t in expected.items():
-        if key not in state:
-            raise UserError(f"{path} is not a valid .dnc file: '{key}' of {arch} is missing")
-        if tuple(state[key].shape) != tuple(t.shape):
-            raise UserError(f"{path} is not a valid .dnc file: '{key}' has shape {tuple(state[key].shape)}, {arch} needs {tuple(t.shape)}")
-
-
-def load_packed(path: str | os.PathLike, model: nn.Module | None = None) -> nn.Module:
-    """An inference-ready nn.Module from a .dnc (pass `model` for architectures packed without a spec)."""
-    ckpt = checkpoint_from_packed(path)
+def load_packed(path: str | os.PathLike, model: nn.Module | None = None, trust: bool = False) -> nn.Module:
+    """An inference-ready nn.Module from a .dnc. Pass `model` to fill a module you built (needed for
+    architectures packed without a spec); `trust=True` lets a recorded `module:factory` be imported."""
+    ckpt = checkpoint_from_packed(path, trust=trust, model=model)
     if model is not None:
         model.load_state_dict(ckpt["state_dict"])
         return model.eval()

@@ -1,9 +1,13 @@
 """The .dnc file: a standard safetensors container (no pickle) with JSON metadata.
 
-metadata: format, version, spec (JSON: model spec, layers, leftovers), sha256 (of the spec
-and every tensor's bytes, in name order). Tensors: one 1-D array per blob kind (see
-layers.Blobs). Reading parses the header by hand with bounds checks before trusting any
-size, verifies the digest, then decodes; every failure is a one-line UserError.
+metadata: format, version, spec (JSON: model spec, layers, leftovers), sha256. Version 2's
+digest covers every byte that decides a weight: the canonical JSON of the whole header
+(tensor names, dtypes, shapes, offsets, metadata; only the sha256 value left out) and then the
+data section. Tensors: one 1-D array per blob kind (see layers.Blobs), each of its kind's
+fixed dtype. The file is written by our own canonical writer (sorted keys, fixed layout), so
+the same checkpoint always gives the same bytes, and it stays a standard safetensors file.
+Reading parses the header by hand with bounds checks before trusting any size, verifies the
+digest, then decodes; every failure is a one-line UserError.
 """
 from __future__ import annotations
 
@@ -21,12 +25,27 @@ from ..surgery import weight_key
 from .layers import Blobs, decode_layer, encode_layer
 
 FORMAT = "dnncompress-packed"
-VERSION = 1
+VERSION = 2
+READS = ("1", "2")
 MAX_HEADER = 64 << 20
 ST_DTYPES = {"U8": np.uint8, "U32": np.uint32, "F32": np.float32, "F16": np.float16, "I64": np.int64}
+ST_NAMES = {np.dtype(v): k for k, v in ST_DTYPES.items()}
+
+
+def canonical_json(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def _header_digest(header: dict, data: bytes | memoryview) -> str:
+    """Version 2: SHA-256 of the canonical header (without the sha256 value itself), then the data."""
+    meta = {k: v for k, v in header["__metadata__"].items() if k != "sha256"}
+    h = hashlib.sha256(canonical_json({**header, "__metadata__": meta}).encode())
+    h.update(data)
+    return h.hexdigest()
 
 
 def _digest(spec_json: str, arrays: dict[str, np.ndarray]) -> str:
+    """Version 1 (read only): spec and tensor bytes, not the descriptors; v1 files get strict descriptor checks instead."""
     h = hashlib.sha256(spec_json.encode())
     for name in sorted(arrays):
         h.update(name.encode())
@@ -61,21 +80,51 @@ def build_packed(ckpt: dict, entropy: str = "none", fp16: bool = False) -> tuple
             "metrics": {k: v for k, v in (ckpt.get("metrics") or {}).items() if isinstance(v, (int, float, str))},
             "entropy": entropy, "fp16": fp16, "layers": layers, "leftovers": leftovers}
     arrays = blobs.finish()
-    spec_json = json.dumps(spec, separators=(",", ":"))
-    metadata = {"format": FORMAT, "version": str(VERSION), "spec": spec_json, "sha256": _digest(spec_json, arrays)}
+    metadata = {"format": FORMAT, "version": str(VERSION), "spec": canonical_json(spec)}
     return arrays, metadata, spec
 
 
-def write_packed(ckpt: dict, path: str | os.PathLike, entropy: str = "none", fp16: bool = False) -> dict:
-    from safetensors.numpy import save_file
+def serialize(arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> tuple[bytes, list[np.ndarray]]:
+    """(8-byte length + header, data pieces) of a canonical safetensors file: tensors in name order,
+    back to back; the header JSON has sorted keys and is space-padded to 8 bytes, as the format asks."""
+    header: dict = {}
+    offset, pieces = 0, []
+    for name in sorted(arrays):
+        arr = np.ascontiguousarray(arrays[name])
+        arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+        n = arr.nbytes
+        header[name] = {"dtype": ST_NAMES[np.dtype(arr.dtype.str.replace(">", "<"))], "shape": [int(arr.size)], "data_offsets": [offset, offset + n]}
+        pieces.append(arr.reshape(-1).view(np.uint8))
+        offset += n
+    header["__metadata__"] = dict(metadata)
+    h = hashlib.sha256(canonical_json({**header, "__metadata__": {k: v for k, v in metadata.items() if k != "sha256"}}).encode())
+    for piece in pieces:
+        h.update(piece)
+    header["__metadata__"]["sha256"] = h.hexdigest()
+    text = canonical_json(header).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text, pieces
 
+
+def write_packed(ckpt: dict, path: str | os.PathLike, entropy: str = "none", fp16: bool = False) -> dict:
     arrays, metadata, spec = build_packed(ckpt, entropy, fp16)
-    save_file(arrays, str(path), metadata=metadata)
+    head, pieces = serialize(arrays, metadata)
+    with open(path, "wb") as f:
+        f.write(head)
+        for piece in pieces:
+            f.write(piece)
     return {"bytes": os.path.getsize(path), "layers": len(spec["layers"]), "entropy": entropy}
 
 
 def _bad(path, what: str) -> UserError:
     return UserError(f"{path} is not a valid .dnc file: {what}; re-create it with 'dnncompress pack'")
+
+
+def _json_loads(text, p, what: str):
+    try:
+        return json.loads(text)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise _bad(p, f"{what} is not valid JSON") from None
 
 
 def read_packed(path: str | os.PathLike) -> tuple[dict, Blobs]:
@@ -89,37 +138,44 @@ def read_packed(path: str | os.PathLike) -> tuple[dict, Blobs]:
         (hlen,) = struct.unpack("<Q", head)
         if hlen > min(size - 8, MAX_HEADER):
             raise _bad(p, f"header length {hlen} exceeds the file")
-        try:
-            header = json.loads(f.read(hlen))
-        except (ValueError, UnicodeDecodeError):
-            raise _bad(p, "header is not valid JSON") from None
+        header = _json_loads(f.read(hlen), p, "header")
         data = f.read()
     if not isinstance(header, dict):
         raise _bad(p, "header is not a mapping")
-    meta = header.pop("__metadata__", None)
+    meta = header.get("__metadata__")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise _bad(p, "not a dnncompress packed file (format tag missing)")
-    if meta.get("version") != str(VERSION):
-        raise UserError(f"{p} is .dnc version {meta.get('version')}, this dnncompress reads version {VERSION}; upgrade dnncompress")
-    arrays = {}
+    version = meta.get("version")
+    if version not in READS:
+        raise UserError(f"{p} is .dnc version {str(version)[:20]}, this dnncompress reads versions {', '.join(READS)}; upgrade dnncompress")
+    if not all(isinstance(v, str) for v in meta.values()):
+        raise _bad(p, "metadata values must be strings")
+    arrays, covered = {}, 0
     for name, info in header.items():
+        if name == "__metadata__":
+            continue
         try:
             dtype = ST_DTYPES[info["dtype"]]
             shape = [int(d) for d in info["shape"]]
             start, end = (int(v) for v in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
             raise _bad(p, f"tensor '{name}' has a bad descriptor") from None
-        count = int(np.prod(shape)) if shape else 1
-        if len(shape) != 1 or not 0 <= start <= end <= len(data) or end - start != count * np.dtype(dtype).itemsize:
+        want = Blobs.DTYPES.get(name)
+        if want is None or np.dtype(want) != np.dtype(dtype):
+            raise _bad(p, f"tensor '{name}' is {info['dtype']}, not the dtype of any blob of that name")
+        count = shape[0] if len(shape) == 1 else -1
+        if count < 0 or not 0 <= start <= end <= len(data) or end - start != count * np.dtype(dtype).itemsize:
             raise _bad(p, f"tensor '{name}' does not fit the file (truncated?)")
+        covered += end - start
         arrays[name] = np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<"), count=count, offset=start)
+    spans = sorted((int(i["data_offsets"][0]), int(i["data_offsets"][1])) for n, i in header.items() if n != "__metadata__")
+    if any(a[1] != b[0] for a, b in zip(spans, spans[1:])) or (spans and spans[0][0] != 0) or covered != len(data):
+        raise _bad(p, "tensor data overlaps, leaves gaps or has trailing bytes")
     spec_json = meta.get("spec", "")
-    if _digest(spec_json, arrays) != meta.get("sha256"):
+    digest = _header_digest(header, data) if version == "2" else _digest(spec_json, arrays)
+    if digest != meta.get("sha256"):
         raise _bad(p, "SHA-256 mismatch (corrupted or modified)")
-    try:
-        spec = json.loads(spec_json)
-    except ValueError:
-        raise _bad(p, "spec is not valid JSON") from None
+    spec = _json_loads(spec_json, p, "spec")
     if not isinstance(spec, dict) or not isinstance(spec.get("layers"), list) or not isinstance(spec.get("leftovers"), list):
         raise _bad(p, "spec lacks layers")
     return spec, Blobs(arrays)
@@ -145,6 +201,6 @@ def restore(spec: dict, blobs: Blobs, path="<packed>") -> tuple[dict, dict, dict
                 raise ValueError(f"leftover '{key}' size does not match its shape")
             t = torch.from_numpy(raw.astype(np.float32 if kind != "i64" else np.int64)).reshape(shape)
             state[key] = t
-    except (ValueError, KeyError, TypeError, IndexError, OverflowError, MemoryError) as e:
-        raise _bad(path, str(e).splitlines()[0][:160] if str(e) else type(e).__name__) from None
+    except (ValueError, KeyError, TypeError, IndexError, OverflowError, MemoryError, AttributeError, RuntimeError, RecursionError) as e:
+        raise _bad(path, (str(e).splitlines() or [type(e).__name__])[0][:160]) from None
     return state, masks, quant

@@ -12,10 +12,10 @@ from typing import Any
 from ..checkpoint import save_checkpoint
 from ..data import DataBundle, load_data
 from ..errors import UserError
-from ..fileio import atomic_path
+from ..fileio import atomic_path, check_writable_dir
 from ..models import default_input_shape
 from ..registry import Registry
-from ..runstate import record_output
+from ..runstate import record_output, state_dir
 
 
 @dataclass
@@ -84,6 +84,9 @@ def execute(name: str, params: Any, ckpt: dict | None, out_path: Path, ctx: Cont
     stage = STAGES.get(name)
     if stage.needs_input and ckpt is None:
         raise UserError(f"stage '{name}' needs an input checkpoint")
+    if main_process:  # fail before the work, not after it, when the output or its record cannot be written
+        check_writable_dir(Path(out_path).parent)
+        check_writable_dir(state_dir(ctx.run_dir))
     t0 = time.perf_counter()
     out = stage.run(ckpt, params, ctx)
     seconds = time.perf_counter() - t0
@@ -92,9 +95,27 @@ def execute(name: str, params: Any, ckpt: dict | None, out_path: Path, ctx: Cont
         if out.writer is not None:
             with atomic_path(out_path) as tmp:
                 result.update(out.writer(tmp))
-        entry = {"stage": name, "config": params_dict(params), "seconds": round(seconds, 3), "result": result}
+        # the product holds no timings: the same input and seed give the same bytes
+        entry = {"stage": name, "config": params_dict(params), "result": without_timings(result)}
         out.checkpoint.setdefault("history", []).append(entry)
         if out.writer is None:
             save_checkpoint(out.checkpoint, out_path)
-        record_output(out_path, name, ctx.run_dir)
+        try:
+            record_output(out_path, name, ctx.run_dir)
+        except UserError:
+            Path(out_path).unlink(missing_ok=True)  # no output without its state record
+            raise
+    result["seconds"] = round(seconds, 3)
     return out.checkpoint, result
+
+
+TIMING_KEYS = ("seconds",)
+
+
+def without_timings(obj):
+    """`obj` with wall-clock entries removed at every depth."""
+    if isinstance(obj, dict):
+        return {k: without_timings(v) for k, v in obj.items() if k not in TIMING_KEYS}
+    if isinstance(obj, list):
+        return [without_timings(v) for v in obj]
+    return obj

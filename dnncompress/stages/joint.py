@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
 from ..checkpoint import derive
+from ..checks import MAX_EPOCHS, finite, whole
 from ..errors import UserError
 from ..prune import joint
 from ..surgery import compressible_layers, model_from_checkpoint, update_checkpoint, weight_key
@@ -30,16 +32,18 @@ class JointParams:
     seed: int = 0
 
     def __post_init__(self):
-        if self.target_bytes is None and (self.target_ratio is None or self.target_ratio <= 1):
-            raise UserError("joint needs target_ratio > 1 or target_bytes")
+        if self.target_bytes is None and (self.target_ratio is None or not math.isfinite(self.target_ratio) or self.target_ratio <= 1):
+            raise UserError(f"joint needs target_ratio > 1 or target_bytes, got target_ratio {self.target_ratio}")
+        finite(self.lr, "lr", 0.0, low_open=True)
+        whole(self.seed, "seed", 0, (1 << 63) - 1)
         if self.target_bytes is not None and self.target_bytes <= 0:
             raise UserError("target_bytes must be > 0")
         if not self.bits or any(not isinstance(b, int) or not 2 <= b <= 8 for b in self.bits):
             raise UserError("joint bits must be integers in 2..8")
-        if not self.sparsities or any(not 0 <= s < 1 for s in self.sparsities):
+        if not self.sparsities or any(not isinstance(s, (int, float)) or not 0 <= s < 1 for s in self.sparsities):
             raise UserError("joint sparsities must be fractions in [0, 1)")
-        if self.prune_epochs < 0 or self.qat_epochs < 0:
-            raise UserError("epochs must be ≥ 0")
+        whole(self.prune_epochs, "prune_epochs", 0, MAX_EPOCHS)
+        whole(self.qat_epochs, "qat_epochs", 0, MAX_EPOCHS)
 
 
 @register_stage("joint", JointParams, suffix="joint")

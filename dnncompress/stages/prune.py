@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..checkpoint import derive
+from ..checks import finite
 from ..errors import UserError
 from ..prune import apply_masks, mask_summary
 from ..prune.magnitude import check_sparsity, layer_sparsities, magnitude_masks, overall_sparsity
@@ -32,8 +33,11 @@ class PruneParams:
                     raise UserError(f"sparsity must be a fraction in [0, 1) or 'auto', got '{self.sparsity}'") from None
         if self.sparsity != "auto":
             check_sparsity(self.sparsity)
-        if self.max_drop < 0:
-            raise UserError(f"max-drop must be ≥ 0 points, got {self.max_drop}")
+        finite(self.max_drop, "max-drop", 0.0, hint="≥ 0 points")
+        if not isinstance(self.overrides, dict):
+            raise UserError("prune overrides must map layer patterns to sparsities, e.g. {conv1: 0.5}")
+        for pattern, value in self.overrides.items():
+            check_sparsity(value, f"sparsity of '{pattern}'")
 
 
 @register_stage("prune", PruneParams, suffix="pruned")

@@ -34,6 +34,22 @@ class QuantizeParams:
         from ..quant import make_quantizer
 
         make_quantizer(self.scheme, **self.quantizer_options())  # conflicts fail at validation, not after loading data
+        if not isinstance(self.overrides, dict):
+            raise UserError("quantize overrides must map layer patterns to options, e.g. {conv1: {bits: 8}}")
+        for pattern, extra in self.overrides.items():
+            if not isinstance(extra, dict):
+                raise UserError(f"override for '{pattern}' must be a mapping like {{bits: 8}}, got {extra!r}")
+            opts = {"scheme": self.scheme, **self.quantizer_options(), **extra}
+            if "codebook" in opts:
+                opts["mode"] = opts.pop("codebook")
+            if opts.pop("skip", False):
+                continue
+            try:
+                make_quantizer(opts.pop("scheme"), **opts)
+            except UserError as e:
+                raise UserError(f"override for '{pattern}': {e}") from None
+            except TypeError as e:
+                raise UserError(f"override for '{pattern}': {e}") from None
 
     def quantizer_options(self) -> dict:
         opts = {"bits": self.bits, "per_channel": self.per_channel, "refit": self.refit, "rule": self.rule,

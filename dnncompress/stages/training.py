@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..checkpoint import derive, new_checkpoint
+from ..checks import finite, training_numbers, whole
 from ..errors import UserError
 from ..models import build_model
 from ..surgery import model_from_checkpoint, update_checkpoint
@@ -13,12 +14,7 @@ from .base import Context, StageOutput, register_stage
 
 
 def _check_common(p) -> None:
-    if p.epochs < 0:
-        raise UserError(f"epochs must be ≥ 0, got {p.epochs}")
-    if p.lr <= 0:
-        raise UserError(f"lr must be > 0, got {p.lr}")
-    if p.batch_size < 1:
-        raise UserError(f"batch_size must be ≥ 1, got {p.batch_size}")
+    training_numbers(p)
 
 
 @dataclass
@@ -56,10 +52,13 @@ class AGPParams:
 
         check_sparsity(self.final, "agp.final")
         check_sparsity(self.initial, "agp.initial")
+        finite(self.start, "agp.start", 0, 1)
+        finite(self.end, "agp.end", 0, 1)
         if not 0 <= self.start < self.end <= 1:
             raise UserError("agp.start and agp.end are fractions with 0 ≤ start < end ≤ 1")
-        if self.every < 1:
-            raise UserError("agp.every must be ≥ 1")
+        whole(self.every, "agp.every", 1, 1 << 30)
+        for pattern, value in self.overrides.items():
+            check_sparsity(value, f"agp.overrides.{pattern}")
 
 
 @dataclass
@@ -77,8 +76,8 @@ class FinetuneParams:
 
     def __post_init__(self):
         _check_common(self)
-        if self.l1 < 0 or self.l2 < 0:
-            raise UserError("l1 and l2 penalties must be ≥ 0")
+        for name in ("l1", "l2"):
+            finite(getattr(self, name), name, 0.0, hint="≥ 0 (l1 and l2 penalties)")
 
 
 def _settings(p, ctx: Context, augment: bool) -> TrainSettings:

@@ -1,0 +1,129 @@
+"""Check what a file claims against the architecture it names, before anything is built for real,
+decoded or allocated: a hostile or damaged file gets a one-line UserError, never a wrong model.
+
+The architecture is first vetted by `check_arch_from_file` (no code from a file runs unless the
+user named it), then built on the meta device: shapes and dtypes without memory.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .errors import UserError
+from .models.zoo import build_model, check_arch_from_file
+from .surgery import weight_key
+
+MAX_PARAMS = 1 << 31
+
+
+def expected_state(arch: str, arch_kwargs: dict, source) -> dict[str, torch.Tensor]:
+    """The architecture's state_dict as meta tensors (shapes and dtypes, no memory)."""
+    try:
+        with torch.device("meta"):
+            model = build_model(arch, arch_kwargs)
+    except UserError:
+        raise
+    except Exception as e:  # a factory given bad kwargs may fail in any way
+        raise UserError(f"{source}: cannot build '{arch}' with {arch_kwargs}: {type(e).__name__}") from None
+    expected = dict(model.state_dict())
+    total = sum(t.numel() for t in expected.values())
+    if total > MAX_PARAMS:
+        raise UserError(f"{source}: '{arch}' with {arch_kwargs} has {total:,} parameters; refusing to build it")
+    return expected
+
+
+def _same_kind(a: torch.dtype, b: torch.dtype) -> bool:
+    """Floating vs integer/bool must agree; within a kind a cast is lossless enough (fp16 ↔ fp32, bool ↔ int)."""
+    return a.is_floating_point == b.is_floating_point and a.is_complex == b.is_complex
+
+
+def check_state(state, expected: dict[str, torch.Tensor], arch: str, source) -> None:
+    """Same keys, shapes and kinds of dtype as the architecture's state_dict."""
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+        raise UserError(f"{source}: state_dict is not a mapping of names to tensors")
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise UserError(f"{source}: '{missing[0]}' of {arch} is missing ({len(missing)} missing); the file does not fit its architecture")
+    extra = [k for k in state if k not in expected]
+    if extra:
+        raise UserError(f"{source}: has '{extra[0]}', which {arch} does not ({len(extra)} extra); the file does not fit its architecture")
+    for key, want in expected.items():
+        t = state[key]
+        if not isinstance(t, torch.Tensor) or t.layout != torch.strided or t.is_meta:
+            raise UserError(f"{source}: '{key}' is not a dense tensor")
+        if tuple(t.shape) != tuple(want.shape):
+            raise UserError(f"{source}: '{key}' has shape {tuple(t.shape)}, {arch} needs {tuple(want.shape)}")
+        if not _same_kind(t.dtype, want.dtype):
+            raise UserError(f"{source}: '{key}' is {t.dtype}, {arch} needs {want.dtype}")
+
+
+def check_masks(masks, expected: dict[str, torch.Tensor], source) -> None:
+    if not isinstance(masks, dict):
+        raise UserError(f"{source}: masks is not a mapping")
+    for name, m in masks.items():
+        key = weight_key(name) if isinstance(name, str) else None
+        if key not in expected:
+            raise UserError(f"{source}: has a mask for layer {str(name)[:60]!r}, which the model does not have")
+        if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or tuple(m.shape) != tuple(expected[key].shape):
+            raise UserError(f"{source}: the mask of '{name}' must be a bool tensor of shape {tuple(expected[key].shape)}")
+
+
+def check_quant(quant, expected: dict[str, torch.Tensor], source) -> None:
+    """Every quantizer state must rebuild its scheme and fit its layer's shape."""
+    from .quant import quantizer_from_state
+
+    if not isinstance(quant, dict):
+        raise UserError(f"{source}: quant is not a mapping")
+    for name, q in quant.items():
+        key = weight_key(name) if isinstance(name, str) else None
+        if key not in expected:
+            raise UserError(f"{source}: has a quantizer for layer {str(name)[:60]!r}, which the model does not have")
+        check_quant_state(q, tuple(expected[key].shape), f"{source}: layer '{name}'")
+        try:
+            quantizer_from_state(q)
+        except UserError as e:
+            raise UserError(f"{source}: layer '{name}': {e}") from None
+        except Exception as e:  # a forged state may break a scheme's constructor in any way
+            raise UserError(f"{source}: layer '{name}' has a broken quantizer state ({type(e).__name__})") from None
+
+
+def check_quant_state(q, shape: tuple, where: str) -> None:
+    """Structure of one quantizer state: scheme, bits, level/threshold tables that fit the layer."""
+    from .quant import SCHEMES
+
+    if not isinstance(q, dict):
+        raise UserError(f"{where}: quantizer state is not a mapping")
+    scheme, bits = q.get("scheme"), q.get("bits")
+    if not isinstance(scheme, str) or scheme not in SCHEMES:
+        raise UserError(f"{where}: unknown quantization scheme {str(scheme)[:40]!r}; known: {', '.join(SCHEMES.names())}")
+    if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 8:
+        raise UserError(f"{where}: bit width must be 1..8, got {str(bits)[:20]!r}")
+    if not isinstance(q.get("options", {}), dict) or not isinstance(q.get("per_channel", False), bool):
+        raise UserError(f"{where}: bad quantizer options")
+    levels, thresholds = q.get("levels"), q.get("thresholds")
+    for what, t in (("levels", levels), ("thresholds", thresholds)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 2 or not t.dtype.is_floating_point:
+            raise UserError(f"{where}: {what} must be a 2-D float table")
+        if not bool(torch.isfinite(t).all()):
+            raise UserError(f"{where}: {what} hold non-finite values")
+    rows, width = levels.shape
+    if rows not in (1, shape[0] if shape else 1) or not 1 <= width <= (1 << bits) or tuple(thresholds.shape) != (rows, width - 1):
+        raise UserError(f"{where}: a {rows}×{width} codebook does not fit a {bits}-bit layer of shape {shape}")
+
+
+def check_checkpoint(ckpt: dict, source, named: str | None = None, trust: bool = False) -> None:
+    """Vet a checkpoint read from a file: its architecture, then every tensor against it."""
+    for key, kind in (("arch_kwargs", dict), ("dataset", dict), ("masks", dict), ("quant", dict), ("metrics", dict), ("history", list)):
+        if not isinstance(ckpt.get(key), kind):
+            raise UserError(f"{source}: '{key}' must be a {kind.__name__}; the checkpoint is damaged")
+    check_arch_from_file(ckpt.get("arch"), ckpt["arch_kwargs"], source, named, trust)
+    expected = expected_state(ckpt["arch"], ckpt["arch_kwargs"], source)
+    check_state(ckpt.get("state_dict"), expected, ckpt["arch"], source)
+    check_masks(ckpt["masks"], expected, source)
+    check_quant(ckpt["quant"], expected, source)
+    shape = ckpt["dataset"].get("input_shape")
+    if shape is not None and (not isinstance(shape, list) or len(shape) != 3 or not all(isinstance(d, int) and 0 < d <= 4096 for d in shape)):
+        raise UserError(f"{source}: dataset.input_shape must be 3 positive integers, got {str(shape)[:40]}")
+    if math.prod(shape or [1]) > 1 << 24:
+        raise UserError(f"{source}: dataset.input_shape {shape} is too large")
