@@ -379,7 +379,12 @@ def prune(checkpoint, sparsity, scope, max_drop, exclude, overrides, plot, data,
         except ValueError:
             raise UserError(f"--override '{item}': '{value}' is not a number") from None
     params = PruneParams(sparsity=sparsity, scope=scope, max_drop=max_drop, exclude=list(exclude), overrides=parsed, plot=plot)
-    path, ckpt = load_input(checkpoint, arch, trust)
+    path = resolve_input(checkpoint)
+    if plot:
+        from .fileio import refuse_input
+
+        refuse_input(plot, [path, output], "--plot")
+    path, ckpt = load_input(str(path), arch, trust)
     with ProgressBar("sensitivity scan", enabled=params.sparsity == "auto") as bar:
         out, _, result = run_stage("prune", params, path, ckpt, output, make_context(data, data_dir, device, progress=bar), json_out)
     if not json_out:
@@ -457,20 +462,17 @@ def report(target, entropy, plot, arch, trust, json_out):
 
     path = resolve_input(target)
     if plot:
-        from .fileio import refuse_input
+        from .fileio import check_plot_path, refuse_input
 
         refuse_input(plot, [path], "--plot")
+        check_plot_path(plot)
     if path.suffix == ".dnc":
         rep = report_packed(path, arch=arch, trust=trust)
     else:
         _, ckpt = load_input(str(path), arch, trust)
         rep = report_checkpoint(ckpt, entropy)
     if plot:
-        from .fileio import atomic_path
-
-        with atomic_path(plot) as tmp:
-            plot_report(rep, tmp.with_suffix(".png"))
-            tmp.with_suffix(".png").replace(tmp)
+        plot_report(rep, plot)
     if json_out:
         click.echo(json.dumps(_jsonable(rep)))
     else:

@@ -105,6 +105,21 @@ def check_writable_dir(directory: str | os.PathLike) -> None:
         raise UserError(f"cannot write into {d}: permission denied; choose a writable output path (-o) or directory")
 
 
+PLOT_FORMATS = ("png", "svg", "pdf")
+
+
+def check_plot_path(path: str | os.PathLike, what: str = "--plot") -> None:
+    if Path(path).suffix.lower().lstrip(".") not in PLOT_FORMATS:
+        raise UserError(f"{what} {path}: name a .png, .svg or .pdf file")
+
+
+def save_figure(fig, path: str | os.PathLike) -> None:
+    """A matplotlib figure written atomically (the format comes from the name, not the temp file's)."""
+    check_plot_path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=Path(path).suffix.lower().lstrip("."), dpi=110)
+
+
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     try:
         return Path(a).resolve() == Path(b).resolve()

@@ -151,6 +151,8 @@ def plot_report(rep: dict, path: str | os.PathLike) -> None:
     ax2.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
     ax2.set_ylabel("bits per weight (all bytes of the layer)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from .fileio import save_figure
+
+    save_figure(fig, path)
     plt.close(fig)
 

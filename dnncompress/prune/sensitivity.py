@@ -111,5 +111,7 @@ def plot_curves(curves: dict[str, list], path, chosen: dict[str, float] | None =
     ax.set_title("Per-layer pruning sensitivity (dotted: chosen)")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    from ..fileio import save_figure
+
+    save_figure(fig, path)
     plt.close(fig)

@@ -7,6 +7,7 @@ from typing import Literal
 from ..checkpoint import derive
 from ..checks import finite
 from ..errors import UserError
+from ..fileio import check_plot_path
 from ..prune import apply_masks, mask_summary
 from ..prune.magnitude import check_sparsity, layer_sparsities, magnitude_masks, overall_sparsity
 from ..surgery import compressible_layers, model_from_checkpoint, update_checkpoint
@@ -34,6 +35,8 @@ class PruneParams:
         if self.sparsity != "auto":
             check_sparsity(self.sparsity)
         finite(self.max_drop, "max-drop", 0.0, hint="≥ 0 points")
+        if self.plot is not None:
+            check_plot_path(self.plot, "plot")
         if not isinstance(self.overrides, dict):
             raise UserError("prune overrides must map layer patterns to sparsities, e.g. {conv1: 0.5}")
         for pattern, value in self.overrides.items():
