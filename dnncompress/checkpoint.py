@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import io
 import pickle
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -49,11 +50,25 @@ def derive(ckpt: dict) -> dict:
     return out
 
 
+def _canonical(obj):
+    """Fresh containers with interned strings: pickle's bytes depend on which objects are shared, so the
+    same content must always be shared the same way (a resumed run loads its strings from disk)."""
+    if isinstance(obj, dict):
+        return {_canonical(k): _canonical(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_canonical(v) for v in obj)
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    return obj
+
+
 def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
     """Atomic, fsynced, and byte-identical for the same content: serialized in memory first, so the
     temp file's random name never ends up inside the zip archive."""
     buf = io.BytesIO()
-    torch.save(ckpt, buf)
+    torch.save(_canonical(ckpt), buf)
     atomic_write_bytes(path, buf.getbuffer())
     return Path(path)
 

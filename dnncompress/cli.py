@@ -22,6 +22,7 @@ EXAMPLES = {
     "prune": "dnncompress prune base.pt --sparsity auto --max-drop 0.5 --plot sens.png -o pruned.pt",
     "unpack": "dnncompress unpack model.dnc -o restored.pt",
     "report": "dnncompress report model.dnc --plot sizes.png",
+    "joint": "dnncompress joint base.pt --target-ratio 60 -o joint.pt",
 }
 
 
@@ -141,7 +142,7 @@ class ProgressBar:
             return
         kind = event.get("kind")
         if kind == "start":
-            self.task = self.progress.add_task(self.description, total=event["total"], info="")
+            self.task = self.progress.add_task(self.description, total=event["total"], completed=event.get("done", 0), info="")
         elif kind == "step" and self.task is not None:
             info = f"epoch {event['epoch']} loss {event['loss']:.3f} acc {event['accuracy']:.1f}%"
             self.progress.update(self.task, advance=1, info=info)
@@ -151,11 +152,11 @@ class ProgressBar:
             self.progress.update(self.task, completed=event["done"], info=event.get("info", ""))
 
 
-def make_context(data=None, data_dir=None, device="auto", seed=0, progress=None):
+def make_context(data=None, data_dir=None, device="auto", seed=0, progress=None, resume=False, snapshot_every=200):
     from .stages import Context
 
     return Context(data_name=data, data_dir=data_dir, device=device, seed=seed, progress=progress,
-                   log=lambda m: click.echo(m, err=True))
+                   log=lambda m: click.echo(m, err=True), resume=resume, snapshot_every=snapshot_every)
 
 
 def run_stage(name, params, input_path, ckpt, output, ctx, json_out=False):
@@ -197,6 +198,11 @@ data_options = [
     click.option("--data-dir", default=None, type=click.Path(), help="folder with the dataset files (MNIST IDX, CIFAR python batches)"),
     click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 …"),
 ]
+resume_options = [
+    click.option("--resume", is_flag=True, help="continue a killed run from its last snapshot (same command, same output)"),
+    click.option("--snapshot-every", default=200, show_default=True, type=click.IntRange(0, None),
+                 help="optimizer steps between resumable snapshots (plus one per epoch); 0 = none"),
+]
 input_options = [
     click.option("--arch", default=None, help="architecture to build (needed for a bare state_dict; a package.module:factory "
                  "recorded in a file is only imported when you name it here)"),
@@ -227,15 +233,16 @@ def with_options(options):
 @click.option("--schedule", type=click.Choice(["onecycle", "cosine", "constant"]), default="onecycle", show_default=True)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("-o", "--output", default=None, type=click.Path(), help="output checkpoint [default: ARCH.base.pt]")
+@with_options(resume_options)
 @click.option("--json", "json_out", is_flag=True, help="print one JSON object on stdout")
-def train(arch, data, data_dir, device, epochs, lr, batch_size, optimizer, schedule, seed, output, json_out):
+def train(arch, data, data_dir, device, epochs, lr, batch_size, optimizer, schedule, seed, output, resume, snapshot_every, json_out):
     from .models import build_model
     from .stages.training import TrainParams
 
     build_model(arch) if ":" not in arch else None  # unknown names fail before any data loads
     params = TrainParams(arch=arch, epochs=epochs, lr=lr, batch_size=batch_size, optimizer=optimizer, schedule=schedule, seed=seed)
     with ProgressBar(f"train {arch}") as bar:
-        ctx = make_context(data or "mnist", data_dir, device, seed, bar)
+        ctx = make_context(data or "mnist", data_dir, device, seed, bar, resume, snapshot_every)
         run_stage("train", params, None, None, output or f"{arch.replace(':', '_')}.base.pt", ctx, json_out)
 
 
@@ -277,15 +284,17 @@ def eval_cmd(checkpoint, data, data_dir, device, arch, trust, json_out):
 @click.option("--agp-end", default=0.75, show_default=True, type=float, help="fraction of training where AGP reaches its target")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("-o", "--output", default=None, type=click.Path())
+@with_options(resume_options)
 @click.option("--json", "json_out", is_flag=True)
-def finetune(checkpoint, data, data_dir, device, arch, trust, epochs, lr, batch_size, l1, l2, agp_final, agp_end, seed, output, json_out):
+def finetune(checkpoint, data, data_dir, device, arch, trust, epochs, lr, batch_size, l1, l2, agp_final, agp_end, seed, output, resume,
+             snapshot_every, json_out):
     from .stages.training import AGPParams, FinetuneParams
 
     agp = AGPParams(final=agp_final, end=agp_end) if agp_final is not None else None
     params = FinetuneParams(epochs=epochs, lr=lr, batch_size=batch_size, l1=l1, l2=l2, agp=agp, seed=seed)
     path, ckpt = load_input(checkpoint, arch, trust)
     with ProgressBar("finetune") as bar:
-        run_stage("finetune", params, path, ckpt, output, make_context(data, data_dir, device, seed, bar), json_out)
+        run_stage("finetune", params, path, ckpt, output, make_context(data, data_dir, device, seed, bar, resume, snapshot_every), json_out)
 
 
 def print_layers(rows: list[dict], title: str) -> None:
@@ -339,6 +348,29 @@ def quantize(checkpoint, scheme, bits, mode, zero, init, rule, per_channel, refi
     out, _, result = run_stage("quantize", params, path, ckpt, output, make_context(data, data_dir, device), json_out)
     if not json_out:
         print_layers(result["layers"], f"{scheme} → {out}")
+
+
+@main.command(help=_help("joint", "Choose per-layer sparsity and bit-width under a size target, then prune and QAT them in (seed 002)."))
+@click.argument("checkpoint", required=False)
+@click.option("--target-ratio", default=60.0, show_default=True, type=float, help="fp32 safetensors bytes / packed bytes")
+@click.option("--target-bytes", default=None, type=int, help="a packed size in bytes instead of a ratio")
+@click.option("--prune-epochs", default=3, show_default=True, type=int)
+@click.option("--qat-epochs", default=2, show_default=True, type=int)
+@click.option("--entropy", type=click.Choice(["none", "huffman"]), default="huffman", show_default=True)
+@click.option("--seed", default=0, show_default=True, type=int)
+@with_options(data_options + input_options)
+@click.option("-o", "--output", default=None, type=click.Path())
+@with_options(resume_options)
+@click.option("--json", "json_out", is_flag=True)
+def joint(checkpoint, target_ratio, target_bytes, prune_epochs, qat_epochs, entropy, seed, data, data_dir, device, arch, trust, output,
+          resume, snapshot_every, json_out):
+    from .stages.joint import JointParams
+
+    params = JointParams(target_ratio=target_ratio, target_bytes=target_bytes, prune_epochs=prune_epochs, qat_epochs=qat_epochs,
+                         entropy=entropy, seed=seed)
+    path, ckpt = load_input(checkpoint, arch, trust)
+    with ProgressBar("joint") as bar:
+        run_stage("joint", params, path, ckpt, output, make_context(data, data_dir, device, seed, bar, resume, snapshot_every), json_out)
 
 
 def print_prune(result: dict, out) -> None:
@@ -484,8 +516,9 @@ def report(target, entropy, plot, arch, trust, json_out):
 @click.argument("overrides", nargs=-1)
 @with_options(data_options)
 @click.option("--trust", is_flag=True, help="allow a package.module:factory architecture named in the config (it runs that code)")
+@with_options(resume_options)
 @click.option("--json", "json_out", is_flag=True)
-def run(config, overrides, data, data_dir, device, trust, json_out):
+def run(config, overrides, data, data_dir, device, trust, resume, snapshot_every, json_out):
     from .config import load_config
     from .pipeline import run_config
 
@@ -495,10 +528,14 @@ def run(config, overrides, data, data_dir, device, trust, json_out):
     def on_stage(i, name, out, result):
         results.append({"stage": name, "output": str(out), **_jsonable(result)})
         if not json_out:
-            _print_result(f"[{i}] {name}", out, result)
+            if result.get("skipped"):
+                click.echo(f"[{i}] {name}: {out} is complete (resume); skipped", err=True)
+            else:
+                _print_result(f"[{i}] {name}", out, result)
 
     with ProgressBar("run") as bar:
-        ctx = make_context(data or cfg.data.name, data_dir or cfg.data.root, device if device != "auto" else cfg.device, cfg.seed, bar)
+        ctx = make_context(data or cfg.data.name, data_dir or cfg.data.root, device if device != "auto" else cfg.device, cfg.seed, bar,
+                           resume, snapshot_every)
         run_config(cfg, ctx, on_stage)
     if json_out:
         click.echo(json.dumps({"config": config, "stages": results}))

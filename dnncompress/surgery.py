@@ -25,8 +25,15 @@ class CompressedWeight(nn.Module):
 
     def __init__(self, mask: torch.Tensor | None = None, quantizer: nn.Module | None = None):
         super().__init__()
-        self.register_buffer("mask", mask.to(torch.bool) if mask is not None else None)
+        self.register_buffer("mask", mask.to(torch.bool, copy=True) if mask is not None else None)  # never the caller's tensor
         self.quantizer = quantizer
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """A state saved after pruning began (a resume snapshot) carries a mask this fresh module lacks."""
+        key = prefix + "mask"
+        if self.mask is None and key in state_dict:
+            self.mask = torch.zeros_like(state_dict[key], dtype=torch.bool)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         if self.mask is not None:

@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -128,17 +129,97 @@ def _make_schedule(opt, s: TrainSettings, total_steps: int):
     return None
 
 
+@dataclass
+class Snapshots:
+    """Where and how often `train` saves everything it needs to continue after a kill.
+
+    A snapshot (every `every` optimizer steps and at each epoch end, atomically) holds the model's
+    full state (shadow weights, masks, quantizer tables), the optimizer, the schedule, every RNG,
+    the epoch's data order and position, and the hooks' run state. With `resume`, a snapshot whose
+    key matches this exact run (settings, starting weights, data) is continued; the result is
+    bit-identical on CPU to a run that was never interrupted. `every=0` writes none.
+    """
+
+    path: Path
+    every: int = 200
+    resume: bool = False
+    log: Callable[[str], None] = lambda msg: None
+    key: str = ""  # what else defines the run (the stage, its parameters, its input): set by the stage
+
+
+SNAPSHOT_FORMAT = "dnncompress-snapshot"
+
+
+def _run_key(model: nn.Module, train_set: TensorDataset, settings: TrainSettings, extra: str) -> str:
+    """What makes two runs the same run: settings (not the device), starting weights, data, and `extra`
+    (the stage's own key: its parameters, e.g. the AGP schedule the hooks follow)."""
+    import hashlib
+    import json
+
+    x, y = train_set.tensors
+    h = hashlib.sha256(json.dumps({k: v for k, v in vars(settings).items() if k != "device"}, sort_keys=True, default=str).encode())
+    h.update(weights_digest(model).encode())
+    h.update(str((tuple(x.shape), str(x.dtype), extra)).encode())
+    h.update(y.detach().cpu().contiguous().numpy().tobytes())
+    h.update(x[:: max(1, len(x) // 64)].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _rng_states() -> dict:
+    out = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def _set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def _save_snapshot(snap: Snapshots, state: dict) -> None:
+    import io
+
+    from .fileio import atomic_write_bytes
+
+    buf = io.BytesIO()
+    torch.save(state, buf)  # pickled on purpose: RNG states are Python objects; only our own file is ever read back
+    atomic_write_bytes(snap.path, buf.getbuffer())
+
+
+def _load_snapshot(snap: Snapshots, key: str) -> dict | None:
+    """The snapshot to continue from, or None (no file, another run's, or unreadable: start afresh)."""
+    if not snap.path.is_file():
+        snap.log(f"resume: no snapshot at {snap.path}; starting from the beginning")
+        return None
+    try:
+        state = torch.load(snap.path, map_location="cpu", weights_only=False)
+    except Exception as e:  # a snapshot is ours, but the disk may have damaged it
+        snap.log(f"resume: snapshot {snap.path} is unreadable ({type(e).__name__}); starting from the beginning")
+        return None
+    if not isinstance(state, dict) or state.get("format") != SNAPSHOT_FORMAT or state.get("key") != key:
+        snap.log(f"resume: snapshot {snap.path} belongs to another run (other settings, weights or data); starting from the beginning")
+        return None
+    snap.log(f"resume: continuing from step {state['step']} (epoch {state['epoch'] + 1}, batch {state['batch']})")
+    return state
+
+
 def train(
     model: nn.Module,
     train_set: TensorDataset,
     settings: TrainSettings,
     hooks: Sequence[object] = (),
     progress: Progress | None = None,
+    snapshots: Snapshots | None = None,
 ) -> dict:
     """Train in place; returns {'steps', 'seconds', 'final_loss', 'train_accuracy'}.
 
     Under torchrun (WORLD_SIZE > 1) every rank shuffles with the same seed and takes its own
     slice of each epoch, gradients are averaged by DDP, so all ranks end with identical weights.
+    With `snapshots`, the run can be killed at any moment and continued (see `Snapshots`).
     """
     seed_everything(settings.seed)
     device = pick_device(settings.device)
@@ -154,14 +235,43 @@ def train(
     opt = _make_optimizer(params, settings)
     sched = _make_schedule(opt, settings, total)
     gen = torch.Generator().manual_seed(settings.seed)
+    key = _run_key(model, train_set, settings, snapshots.key) if snapshots else ""
+    resumed = _load_snapshot(snapshots, key) if snapshots and snapshots.resume else None
+    first_epoch, first_batch, saved_perm = 0, 0, None
+    step, t0, loss_val, correct, seen, loss_sum = 0, time.perf_counter(), float("nan"), 0, 0, 0.0
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        opt.load_state_dict(resumed["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(resumed["scheduler"])
+        gen.set_state(resumed["generator"])
+        _set_rng_states(resumed["rng"])
+        for h, hs in zip(hooks, resumed["hooks"]):
+            if hs is not None:
+                h.load_run_state(hs)
+        first_epoch, first_batch, saved_perm, step = resumed["epoch"], resumed["batch"], resumed["perm"], resumed["step"]
+        loss_val, correct, seen, loss_sum = resumed["running"]
+
+    def snapshot(epoch: int, batch: int, perm) -> None:
+        if rank != 0:
+            return
+        _save_snapshot(snapshots, {
+            "format": SNAPSHOT_FORMAT, "key": key, "epoch": epoch, "batch": batch, "step": step, "perm": perm,
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched is not None else None,
+            "generator": gen.get_state(), "rng": _rng_states(), "running": (loss_val, correct, seen, loss_sum),
+            "hooks": [h.run_state() if hasattr(h, "run_state") else None for h in hooks],
+        })
+
     if progress:
-        progress({"kind": "start", "total": total, "epochs": settings.epochs})
-    step, t0, loss_val, correct, seen = 0, time.perf_counter(), float("nan"), 0, 0
-    for epoch in range(settings.epochs):
-        perm = torch.randperm(len(x_all), generator=gen)[: per_rank * world]
+        progress({"kind": "start", "total": total, "epochs": settings.epochs, "done": step})
+    for epoch in range(first_epoch, settings.epochs):
+        if epoch == first_epoch and saved_perm is not None:
+            perm = saved_perm
+        else:
+            perm = torch.randperm(len(x_all), generator=gen)[: per_rank * world]
+            correct, seen, loss_sum = 0, 0, 0.0
         mine = perm[rank::world] if world > 1 else perm
-        correct, seen, loss_sum = 0, 0, 0.0
-        for b in range(steps_per_epoch):
+        for b in range(first_batch if epoch == first_epoch else 0, steps_per_epoch):
             idx = mine[b * settings.batch_size : (b + 1) * settings.batch_size]
             if len(idx) == 0:
                 continue
@@ -190,8 +300,12 @@ def train(
             seen += len(idx)
             if progress:
                 progress({"kind": "step", "step": step, "epoch": epoch + 1, "loss": loss_val, "accuracy": 100.0 * correct / seen})
+            if snapshots and snapshots.every and step % snapshots.every == 0 and b + 1 < steps_per_epoch:
+                snapshot(epoch, b + 1, perm)
         if progress:
             progress({"kind": "epoch", "epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "accuracy": 100.0 * correct / max(seen, 1)})
+        if snapshots and snapshots.every:
+            snapshot(epoch + 1, 0, None)
     for h in hooks:
         if hasattr(h, "on_end"):
             h.on_end()

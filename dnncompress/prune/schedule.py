@@ -40,5 +40,12 @@ class AGPHook:
         apply_masks(self.layers, magnitude_masks(self.layers, frac, self.scope))
         self.history.append((step, sum(frac.values()) / len(frac)))
 
+    def run_state(self) -> dict:
+        """What a resumed run needs besides the masks (those live in the model's state)."""
+        return {"history": list(self.history)}
+
+    def load_run_state(self, state: dict) -> None:
+        self.history = [tuple(h) for h in state["history"]]
+
     def on_end(self) -> None:
         apply_masks(self.layers, magnitude_masks(self.layers, self.final, self.scope))

@@ -132,7 +132,8 @@ class Quantizer(nn.Module):
         }
 
     def load_state(self, state: dict) -> Quantizer:
-        self._store(state["levels"].float(), state["thresholds"].float())
+        # copies: training moves the levels in place and must never change the checkpoint they came from
+        self._store(state["levels"].float().clone(), state["thresholds"].float().clone())
         self.fitted = True
         return self
 

@@ -112,6 +112,15 @@ class Codebook(Quantizer):
             self.levels.data[0, order] = fitted  # keep each value in its slot (optimizer state stays aligned)
             self.thresholds = midpoints(fitted.unsqueeze(0))
 
+    def run_state(self) -> dict:
+        """The last training forward's weights and codes: the next step's re-fit and 'mean' gradient use them."""
+        w, mask = self._last_rows if self._last_rows is not None else (None, None)
+        return {"w": w, "mask": mask, "codes": self._last_codes}
+
+    def load_run_state(self, state: dict) -> None:
+        self._last_rows = (state["w"], state["mask"]) if state["w"] is not None else None
+        self._last_codes = state["codes"]
+
     def export_state(self) -> dict:
         state = super().export_state()
         state["thresholds"] = midpoints(torch.sort(state["levels"], dim=1).values)

@@ -3,6 +3,7 @@ that calls `register_stage`; the CLI command and `dnncompress run` both go throu
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,7 +59,44 @@ class Context:
     progress: Callable[[dict], None] | None = None
     log: Callable[[str], None] = lambda msg: None
     run_dir: str | None = None
+    resume: bool = False  # continue a killed stage from its snapshots
+    snapshot_every: int = 200  # optimizer steps between snapshots (and one at each epoch end); 0 = none
+    snapshot_dir: Path | None = None  # set by `execute` for the stage being run
+    stage_key: str = ""  # set by `execute`: what makes a memoized phase result valid for this stage
     _cache: dict = field(default_factory=dict)
+
+    def snapshots(self, phase: str):
+        """Snapshot settings for one training phase of the running stage, or None when off."""
+        from ..train import Snapshots
+
+        if self.snapshot_dir is None or not self.snapshot_every:
+            return None
+        return Snapshots(self.snapshot_dir / f"{phase}.snap", self.snapshot_every, self.resume, self.log, f"{self.stage_key}:{phase}")
+
+    def memo(self, phase: str, compute: Callable[[], Any]) -> Any:
+        """`compute()`, saved beside the snapshots so a resumed stage skips a finished phase."""
+        import io
+
+        import torch
+
+        from ..fileio import atomic_write_bytes
+
+        if self.snapshot_dir is None or not self.snapshot_every:
+            return compute()
+        path = self.snapshot_dir / f"{phase}.memo"
+        if self.resume and path.is_file():
+            try:
+                saved = torch.load(path, map_location="cpu", weights_only=True)
+                if isinstance(saved, dict) and saved.get("key") == self.stage_key:
+                    self.log(f"resume: phase '{phase}' already done; using its saved result")
+                    return saved["value"]
+            except Exception:  # damaged: compute it again
+                pass
+        value = compute()
+        buf = io.BytesIO()
+        torch.save({"key": self.stage_key, "value": value}, buf)
+        atomic_write_bytes(path, buf.getbuffer())
+        return value
 
     def data_for(self, ckpt: dict | None, arch: str | None = None) -> DataBundle:
         """The context's dataset if set, else the one the checkpoint was trained on (cached)."""
@@ -87,6 +125,10 @@ def execute(name: str, params: Any, ckpt: dict | None, out_path: Path, ctx: Cont
     if main_process:  # fail before the work, not after it, when the output or its record cannot be written
         check_writable_dir(Path(out_path).parent)
         check_writable_dir(state_dir(ctx.run_dir))
+    ctx.snapshot_dir = snapshot_dir_for(out_path)
+    ctx.stage_key = stage_key(name, params, ckpt)
+    if not ctx.resume and main_process:
+        shutil.rmtree(ctx.snapshot_dir, ignore_errors=True)  # a fresh run: an earlier run's snapshots are not ours
     t0 = time.perf_counter()
     out = stage.run(ckpt, params, ctx)
     seconds = time.perf_counter() - t0
@@ -105,8 +147,30 @@ def execute(name: str, params: Any, ckpt: dict | None, out_path: Path, ctx: Cont
         except UserError:
             Path(out_path).unlink(missing_ok=True)  # no output without its state record
             raise
+        shutil.rmtree(ctx.snapshot_dir, ignore_errors=True)  # the output is complete: nothing left to resume
+    ctx.snapshot_dir = None
     result["seconds"] = round(seconds, 3)
     return out.checkpoint, result
+
+
+def snapshot_dir_for(out_path: Path) -> Path:
+    """Where a stage keeps its snapshots: a hidden folder beside its output."""
+    out_path = Path(out_path)
+    return out_path.parent / f".{out_path.name}.resume"
+
+
+def stage_key(name: str, params: Any, ckpt: dict | None) -> str:
+    """The stage, its parameters and its input weights: saved phase results are only reused for these."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps({"stage": name, "params": params_dict(params)}, sort_keys=True, default=str).encode())
+    for key, t in sorted(((ckpt or {}).get("state_dict") or {}).items()):
+        h.update(key.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    for group in ("masks", "quant"):
+        h.update(repr(sorted(((ckpt or {}).get(group) or {}).keys())).encode())
+    return h.hexdigest()
 
 
 TIMING_KEYS = ("seconds",)

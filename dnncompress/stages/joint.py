@@ -60,7 +60,8 @@ def joint_stage(ckpt, p: JointParams, ctx: Context) -> StageOutput:
     compressed_keys = {weight_key(n) for n in layers}
     leftovers = joint.leftover_bytes(ckpt["state_dict"], compressed_keys)
     target = p.target_bytes or fp32_bytes / p.target_ratio
-    scanned = joint.scan(layers, lambda: evaluate(model, bundle.test, device=ctx.device)["accuracy"], p.sparsities, p.bits, ctx.progress)
+    scanned = ctx.memo("scan", lambda: joint.scan(layers, lambda: evaluate(model, bundle.test, device=ctx.device)["accuracy"],
+                                                  p.sparsities, p.bits, ctx.progress))
     choice, _ = joint.choose(scanned["table"], target - leftovers - 2048)
     sizes = {n: m.weight.numel() for n, m in layers.items()}
     rows = joint.as_rows(choice, sizes)
@@ -69,13 +70,13 @@ def joint_stage(ckpt, p: JointParams, ctx: Context) -> StageOutput:
     agp = AGPParams(final=0.0, overrides={n: r["sparsity"] for n, r in zip(choice, rows)}, end=0.6, every=10,
                     include=list(layers), exclude=[])
     ft = FinetuneParams(epochs=p.prune_epochs, lr=p.lr, agp=agp, seed=p.seed)
-    pruned, pr = finetune_model(ckpt, ft, ctx)
+    pruned, pr = ctx.memo("prune", lambda: finetune_model(ckpt, ft, ctx, phase="prune"))
     qmodel = model_from_checkpoint(pruned)
     from ..quant import quantize
 
     quantize(qmodel, "codebook", list(layers), [], {n: {"bits": r["bits"]} for n, r in zip(choice, rows)}, mode=p.codebook)
     quantized = update_checkpoint(derive(pruned), qmodel)
-    out, qr = finetune_model(quantized, dataclasses.replace(ft, epochs=p.qat_epochs, agp=None), ctx)
+    out, qr = finetune_model(quantized, dataclasses.replace(ft, epochs=p.qat_epochs, agp=None), ctx, phase="qat")
     rep = report_checkpoint(out, p.entropy)
     base_acc = scanned["baseline"]
     result = {"layers": rows, "target_bytes": int(target), "estimated_bytes": joint.estimated_total(choice, leftovers),

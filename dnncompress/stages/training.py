@@ -100,7 +100,7 @@ def train_stage(ckpt, p: TrainParams, ctx: Context) -> StageOutput:
     kwargs = {**bundle.arch_kwargs(), **p.arch_kwargs}
     seed_everything(p.seed)  # weight init depends on the seed, not on what ran before
     model = build_model(p.arch, kwargs)
-    stats = train(model, bundle.train, _settings(p, ctx, bundle.augment), progress=ctx.progress)
+    stats = train(model, bundle.train, _settings(p, ctx, bundle.augment), progress=ctx.progress, snapshots=ctx.snapshots("train"))
     metrics = evaluate(model, bundle.test, device=ctx.device)
     out = new_checkpoint(p.arch, kwargs, model.state_dict(), _dataset_record(bundle, ctx))
     out["metrics"] = {"accuracy": metrics["accuracy"], "loss": metrics["loss"], "fp32_accuracy": metrics["accuracy"]}
@@ -126,7 +126,7 @@ class Penalty:
         return total
 
 
-def finetune_model(ckpt: dict, p: FinetuneParams, ctx: Context, extra_hooks=()) -> tuple[dict, dict]:
+def finetune_model(ckpt: dict, p: FinetuneParams, ctx: Context, extra_hooks=(), phase: str = "finetune") -> tuple[dict, dict]:
     """Fine-tune (QAT when quantizers are attached) and return the updated checkpoint and result."""
     bundle = ctx.data_for(ckpt)
     model = model_from_checkpoint(ckpt)
@@ -142,7 +142,7 @@ def finetune_model(ckpt: dict, p: FinetuneParams, ctx: Context, extra_hooks=()) 
     if p.l1 or p.l2:
         hooks.append(Penalty(model, p.l1, p.l2))
     hooks += _model_hooks(model)
-    stats = train(model, bundle.train, _settings(p, ctx, bundle.augment), hooks=hooks, progress=ctx.progress)
+    stats = train(model, bundle.train, _settings(p, ctx, bundle.augment), hooks=hooks, progress=ctx.progress, snapshots=ctx.snapshots(phase))
     metrics = evaluate(model, bundle.test, device=ctx.device)
     out = update_checkpoint(derive(ckpt), model.cpu())
     out["metrics"] = {**ckpt.get("metrics", {}), "accuracy": metrics["accuracy"], "loss": metrics["loss"]}
