@@ -40,6 +40,40 @@ def timeit(fn, repeat: int = 5, number: int = 1) -> float:
     return statistics.median(times)
 
 
+class PeakRSS:
+    """Samples this process's current resident memory (/proc/self/statm) every 0.5 ms in a thread;
+    `peak` is the highest seen above the resident size at entry (ru_maxrss would keep the peak of imports)."""
+
+    def __init__(self):
+        import threading
+
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.base = self.peak = self.rss()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def _run(self):
+        while not self._done.is_set():
+            self.peak = max(self.peak, self.rss())
+            time.sleep(0.0005)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._done.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.rss())
+
+    def above_base_mb(self) -> float:
+        return (max(self.peak, self.rss()) - self.base) / 1e6
+
+
 def mean_std(values) -> tuple[float, float]:
     values = list(values)
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)

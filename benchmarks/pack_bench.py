@@ -172,8 +172,8 @@ def memory_section(d):
 
 def fuzz_section(cases, d):
     sys.path.insert(0, str(ROOT))
+    from tests.fuzzing import mutate_bytes as mutate
     from tests.test_pack import linear_ckpt
-    from tests.test_pack_hostile import mutate
 
     ckpt = linear_ckpt(3000, "codebook", 0.4, bits=5)
     path = Path(d) / "ok.dnc"

@@ -40,7 +40,12 @@ def _stdout_console():
     return console if console.is_terminal else Console(width=160)
 
 
+MAX_MESSAGE = 500
+
+
 def _fail(message: str, code: int) -> None:
+    if len(message) > MAX_MESSAGE:  # a hostile file can make any quoted value long
+        message = message[: MAX_MESSAGE - 1] + "…"
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
 

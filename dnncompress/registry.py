@@ -49,7 +49,7 @@ class Registry(Generic[T]):
         return list(self._items)
 
     def __contains__(self, name: Any) -> bool:
-        return name in self._items
+        return isinstance(name, str) and name in self._items  # a forged file may put a list where a name goes
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._items)

@@ -7,6 +7,7 @@ user named it), then built on the meta device: shapes and dtypes without memory.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -20,7 +21,8 @@ MAX_PARAMS = 1 << 31
 def expected_state(arch: str, arch_kwargs: dict, source) -> dict[str, torch.Tensor]:
     """The architecture's state_dict as meta tensors (shapes and dtypes, no memory)."""
     try:
-        with torch.device("meta"):
+        with warnings.catch_warnings(), torch.device("meta"):
+            warnings.simplefilter("ignore")  # odd but legal kwargs (zero-size layers) must not print from a library
             model = build_model(arch, arch_kwargs)
     except UserError:
         raise
@@ -83,7 +85,7 @@ def check_quant(quant, expected: dict[str, torch.Tensor], source) -> None:
         try:
             quantizer_from_state(q)
         except UserError as e:
-            raise UserError(f"{source}: layer '{name}': {e}") from None
+            raise UserError(f"{source}: layer '{name}': {str(e)[:200]}") from None
         except Exception as e:  # a forged state may break a scheme's constructor in any way
             raise UserError(f"{source}: layer '{name}' has a broken quantizer state ({type(e).__name__})") from None
 
@@ -99,8 +101,11 @@ def check_quant_state(q, shape: tuple, where: str) -> None:
         raise UserError(f"{where}: unknown quantization scheme {str(scheme)[:40]!r}; known: {', '.join(SCHEMES.names())}")
     if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 8:
         raise UserError(f"{where}: bit width must be 1..8, got {str(bits)[:20]!r}")
-    if not isinstance(q.get("options", {}), dict) or not isinstance(q.get("per_channel", False), bool):
-        raise UserError(f"{where}: bad quantizer options")
+    options = q.get("options", {})
+    if not isinstance(options, dict) or not isinstance(q.get("per_channel", False), bool) or q.get("refit", "fast") not in ("fast", "exact", "none"):
+        raise UserError(f"{where}: bad quantizer options (per_channel, refit)")
+    if not all(isinstance(k, str) and isinstance(v, (str, int, float, bool, type(None))) for k, v in options.items()):
+        raise UserError(f"{where}: quantizer options must be plain values")
     levels, thresholds = q.get("levels"), q.get("thresholds")
     for what, t in (("levels", levels), ("thresholds", thresholds)):
         if not isinstance(t, torch.Tensor) or t.dim() != 2 or not t.dtype.is_floating_point:

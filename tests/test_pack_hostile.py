@@ -1,10 +1,8 @@
 """Truncated, bit-flipped, wrong-version and maliciously sized .dnc files: a clean one-line error, never a crash or a hang."""
 import json
-import random
 import struct
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from dnncompress.cli import main
@@ -21,49 +19,6 @@ def packed(tmp_path_factory):
     path = d / "ok.dnc"
     save_packed(ckpt, path, entropy="huffman")
     return path, checkpoint_from_packed(path)["state_dict"]
-
-
-def mutate(data: bytes, rng: random.Random) -> bytes:
-    b = bytearray(data)
-    kind = rng.randrange(6)
-    if kind == 0:
-        return bytes(b[: rng.randrange(len(b))])  # truncation
-    if kind == 1:
-        for _ in range(rng.randint(1, 3)):  # bit flips anywhere
-            i = rng.randrange(len(b))
-            b[i] ^= 1 << rng.randrange(8)
-        return bytes(b)
-    if kind == 2:
-        b[:8] = struct.pack("<Q", rng.choice([0, 1, len(b), 2**63, rng.randrange(2**40)]))  # header length lies
-        return bytes(b)
-    if kind == 3:
-        i = rng.randrange(len(b))
-        n = rng.randint(1, 64)
-        b[i : i + n] = bytes(rng.randrange(256) for _ in range(n))  # random overwrite
-        return bytes(b)
-    if kind == 4:
-        i = rng.randrange(len(b))
-        return bytes(b[:i] + bytes(rng.randrange(256) for _ in range(rng.randint(1, 16))) + b[i:])  # insertion
-    return bytes(b) + bytes(rng.randrange(256) for _ in range(rng.randint(1, 100)))  # trailing garbage
-
-
-def test_fuzz_mutated_files(packed, tmp_path):
-    path, expected = packed
-    data = path.read_bytes()
-    rng = random.Random(1234)
-    outcomes = {"error": 0, "loaded": 0}
-    for case in range(300):
-        bad = tmp_path / "bad.dnc"
-        bad.write_bytes(mutate(data, rng))
-        try:
-            state = checkpoint_from_packed(bad)["state_dict"]
-        except UserError as e:
-            assert "\n" not in str(e) and str(bad) in str(e), f"case {case}: {e}"
-            outcomes["error"] += 1
-            continue
-        assert state.keys() == expected.keys() and all(torch.equal(state[k], expected[k]) for k in state), f"case {case}: wrong load"
-        outcomes["loaded"] += 1
-    assert outcomes["error"] > 250  # nearly every mutation must be caught
 
 
 def _forge(path, spec_edit, out):

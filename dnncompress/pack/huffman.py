@@ -86,7 +86,7 @@ def decode(lengths: np.ndarray, offsets: np.ndarray, payload: np.ndarray, n: int
         raise ValueError("Huffman block table does not match the symbol count")
     maxlen = int(lengths.max())
     codes = canonical_codes(lengths)
-    table_sym = np.full(1 << maxlen, -1, dtype=np.int64)
+    table_sym = np.full(1 << maxlen, -1, dtype=np.int16)  # symbols < 256, -1 = no code: small tables, small output
     table_len = np.zeros(1 << maxlen, dtype=np.int64)
     for s in np.flatnonzero(lengths):
         lo = int(codes[s]) << (maxlen - int(lengths[s]))
@@ -95,14 +95,14 @@ def decode(lengths: np.ndarray, offsets: np.ndarray, payload: np.ndarray, n: int
             raise ValueError("bad Huffman code lengths")
         table_sym[lo:hi] = s
         table_len[lo:hi] = lengths[s]
-    d = np.asarray(payload, dtype=np.uint8).astype(np.int64)
+    d = np.asarray(payload, dtype=np.uint8).astype(np.int32)  # 24-bit windows fit; 4 bytes per payload byte, not 8
     if d.size < 3:
         raise ValueError("Huffman payload is truncated")
     pos = offsets.astype(np.int64)
     limit = (d.size - 3) * 8  # the last position a window can start at
     if pos.size and (pos.max() > limit or (np.diff(pos) < 0).any()):
         raise ValueError("Huffman block offsets point past the payload")
-    out = np.empty(offsets.size * BLOCK, dtype=np.int64)
+    out = np.empty(offsets.size * BLOCK, dtype=np.int16)
     mask = (1 << maxlen) - 1
     last_count = n - (offsets.size - 1) * BLOCK
     last_end = 0

@@ -1,0 +1,105 @@
+"""Seeded fuzz of every reader: .dnc files (half re-signed by a forger), checkpoints and configs.
+Nothing may crash, hang, or load a damaged file as if it were whole (`benchmarks/trust_bench.py`
+runs the same with thousands of cases)."""
+import random
+from collections import Counter
+
+import pytest
+import torch
+
+from dnncompress.checkpoint import load_checkpoint, new_checkpoint, save_checkpoint
+from dnncompress.config import load_config
+from dnncompress.models import build_model
+from dnncompress.pack import checkpoint_from_packed, save_packed
+from dnncompress.report import report_packed
+from dnncompress.surgery import update_checkpoint
+from tests import fuzzing as F
+from tests.test_config import CONFIGS
+from tests.test_pack import linear_ckpt
+
+
+def lenet5_ckpt():
+    from dnncompress import prune_model, quantize
+
+    torch.manual_seed(0)
+    m = build_model("lenet5")
+    prune_model(m, 0.8, exclude=["conv1"])
+    quantize(m, "codebook", exclude=["fc1"], bits=4, overrides={"conv2": {"scheme": "fourval", "bits": 2, "per_channel": True}})
+    return update_checkpoint(new_checkpoint("lenet5", {}, m.state_dict(), {"name": "mnist"}), m)
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory):
+    d = tmp_path_factory.mktemp("fuzz")
+    out = {}
+    for name, ckpt, entropy in (("linear-huffman", linear_ckpt(3000, "codebook", 0.4, bits=5), "huffman"),
+                                ("lenet5-mixed", lenet5_ckpt(), "none")):
+        path = d / f"{name}.dnc"
+        save_packed(ckpt, path, entropy=entropy)
+        out[name] = (path.read_bytes(), checkpoint_from_packed(path)["state_dict"], ckpt)
+    return out
+
+
+def _assert_clean(counts: Counter, details: list):
+    assert not counts["crash"] and not counts["wrong"] and not counts["hang"], details[:5]
+
+
+@pytest.mark.parametrize("base,cases", [("linear-huffman", 300), ("lenet5-mixed", 160)])
+def test_dnc_fuzz_half_resigned(bases, base, cases, tmp_path):
+    data, original, ckpt = bases[base]
+    x = torch.randn(2, *((1, 1, 3000) if base.startswith("linear") else (1, 28, 28)))
+    fits = F.fits_model(None, x.reshape(2, -1) if base.startswith("linear") else x)
+    rng = random.Random(2024)
+    counts, details = Counter(), []
+    for case in range(cases):
+        forged = case % 2 == 1
+        path = tmp_path / "bad.dnc"
+        path.write_bytes(F.forge_dnc(data, rng) if forged else F.mutate_bytes(data, rng))
+        outcome, _, detail = F.judge(lambda: checkpoint_from_packed(path), lambda c: F.same_state(c["state_dict"], original),
+                                     fits if forged else None)
+        counts[outcome] += 1
+        if outcome in ("crash", "wrong", "hang"):
+            details.append((case, outcome, detail))
+        if case % 4 == 0:
+            outcome, _, detail = F.judge(lambda: report_packed(path), None, lambda r: None)
+            counts["report " + outcome] += 1
+            if outcome in ("crash", "hang"):
+                details.append((case, "report " + outcome, detail))
+    _assert_clean(counts, details)
+    assert not counts["report crash"] and not counts["report hang"], details[:5]
+    assert counts["error"] > cases * 0.6, counts  # nearly every damaged or forged file is refused
+
+
+def test_checkpoint_fuzz(tmp_path):
+    ckpt = lenet5_ckpt()
+    save_checkpoint(ckpt, tmp_path / "ok.pt")
+    raw = (tmp_path / "ok.pt").read_bytes()
+    original = load_checkpoint(tmp_path / "ok.pt")["state_dict"]
+    fits = F.fits_model(None, torch.randn(2, 1, 28, 28))
+    rng = random.Random(7)
+    counts, details = Counter(), []
+    for case in range(150):
+        path = tmp_path / "bad.pt"
+        path.write_bytes(F.mutate_checkpoint(ckpt, raw, rng))
+        outcome, _, detail = F.judge(lambda: load_checkpoint(path), lambda c: F.same_state(c["state_dict"], original), fits)
+        counts[outcome] += 1
+        if outcome in ("crash", "wrong", "hang"):
+            details.append((case, outcome, detail))
+    _assert_clean(counts, details)
+    assert counts["error"] > 75, counts
+
+
+def test_config_fuzz(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    texts = [p.read_text() for p in CONFIGS]
+    rng = random.Random(11)
+    counts, details = Counter(), []
+    for case in range(100):
+        path = tmp_path / "c.yaml"
+        path.write_bytes(F.mutate_config(rng.choice(texts), rng))
+        outcome, _, detail = F.judge(lambda: load_config(path), None, lambda cfg: None)
+        counts[outcome] += 1
+        if outcome in ("crash", "hang"):
+            details.append((case, outcome, detail))
+    assert not counts["crash"] and not counts["hang"], details[:5]
+    assert counts["error"] > 50, counts
