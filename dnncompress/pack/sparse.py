@@ -26,10 +26,10 @@ def gap_entries(positions: np.ndarray, g: int) -> np.ndarray:
 
 def positions_from_gaps(entries: np.ndarray, g: int, numel: int) -> np.ndarray:
     top = (1 << g) - 1
-    e = entries.astype(np.int64)
+    e = entries.astype(np.int16)  # entries < 2^8: small temporaries; cumsum below accumulates in int64 (numpy's rule)
     is_real = e != top
     steps = np.where(is_real, e + 1, top)
-    pos = np.cumsum(steps) - 1
+    pos = np.cumsum(steps, dtype=np.int64) - 1
     out = pos[is_real]
     if out.size and (out[-1] >= numel or out[0] < 0):
         raise ValueError("index gaps point outside the tensor")
