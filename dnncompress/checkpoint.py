@@ -73,6 +73,7 @@ def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
     return Path(path)
 
 
+LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # pickle protocol 2 + torch's magic number (pre-1.6 files)
 MAX_INFLATE = 4  # a torch zip stores tensors uncompressed: declared sizes far above the file's are a bomb
 
 
@@ -83,14 +84,22 @@ def _check_archive(p: Path) -> None:
     if size == 0:
         raise UserError(f"{p} is empty (0 bytes); re-create it or check the path")
     if not zipfile.is_zipfile(p):
-        return  # torch's legacy format or not a checkpoint at all: torch.load reports which
+        with open(p, "rb") as f:
+            if f.read(len(LEGACY_MAGIC)) == LEGACY_MAGIC:
+                return  # torch's pre-1.6 format: torch.load (weights_only) reads it
+        raise UserError(f"{p} is not a PyTorch checkpoint (neither a zip archive nor torch's legacy format; truncated or damaged?)")
     try:
         with zipfile.ZipFile(p) as z:
-            declared = sum(i.file_size for i in z.infolist())
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
-        raise UserError(f"{p} is not a readable PyTorch checkpoint (damaged zip: {str(e)[:80]})") from None
-    if declared > MAX_INFLATE * size + (1 << 20):
-        raise UserError(f"{p} declares {declared:,} bytes of content in a {size:,}-byte file (a zip bomb?); refusing to inflate it")
+            entries = z.infolist()
+            declared = sum(i.file_size for i in entries)
+            if declared > MAX_INFLATE * size + (1 << 20):
+                raise UserError(f"{p} declares {declared:,} bytes of content in a {size:,}-byte file (a zip bomb?); refusing to inflate it")
+            for info in entries:  # torch does not check the CRCs: a flipped bit in a tensor would load as another weight
+                with z.open(info) as f:
+                    while f.read(1 << 22):
+                        pass
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as e:
+        raise UserError(f"{p} is not a readable PyTorch checkpoint (damaged: {str(e)[:80]})") from None
 
 
 def _is_state_dict(obj: Any) -> bool:

@@ -297,7 +297,9 @@ def _check_run(cfg: RunConfig, p: Path, where: _Where, trust: bool) -> None:
         if name == "train" and not (sp.arch or cfg.model.arch):
             raise UserError(f"{where(('stages', i))}: train needs an architecture (model.arch, or arch in the stage)")
     outputs = stage_outputs(cfg)
-    taken = {Path(cfg.model.checkpoint).resolve(): "the input checkpoint"} if cfg.model.checkpoint else {}
+    taken = {p.resolve(): "the config itself"}
+    if cfg.model.checkpoint:
+        taken[Path(cfg.model.checkpoint).resolve()] = "the input checkpoint"
     for i, ((name, sp), out) in enumerate(zip(cfg.stages, outputs)):
         for what, path in (("output", out), ("plot", getattr(sp, "plot", None))):
             if path is None:

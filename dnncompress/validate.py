@@ -60,13 +60,19 @@ def check_state(state, expected: dict[str, torch.Tensor], arch: str, source) -> 
             raise UserError(f"{source}: '{key}' is {t.dtype}, {arch} needs {want.dtype}")
 
 
-def check_masks(masks, expected: dict[str, torch.Tensor], source) -> None:
-    if not isinstance(masks, dict):
-        raise UserError(f"{source}: masks is not a mapping")
-    for name, m in masks.items():
+def _per_layer(group, what: str, expected: dict[str, torch.Tensor], source):
+    """(layer name, state_dict key of its weight, entry) for a masks/quant mapping; unknown layers refused."""
+    if not isinstance(group, dict):
+        raise UserError(f"{source}: {what}s are not a mapping of layer names")
+    for name, entry in group.items():
         key = weight_key(name) if isinstance(name, str) else None
         if key not in expected:
-            raise UserError(f"{source}: has a mask for layer {str(name)[:60]!r}, which the model does not have")
+            raise UserError(f"{source}: has a {what} for layer {str(name)[:60]!r}, which the model does not have")
+        yield name, key, entry
+
+
+def check_masks(masks, expected: dict[str, torch.Tensor], source) -> None:
+    for name, key, m in _per_layer(masks, "mask", expected, source):
         if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or tuple(m.shape) != tuple(expected[key].shape):
             raise UserError(f"{source}: the mask of '{name}' must be a bool tensor of shape {tuple(expected[key].shape)}")
 
@@ -75,12 +81,7 @@ def check_quant(quant, expected: dict[str, torch.Tensor], source) -> None:
     """Every quantizer state must rebuild its scheme and fit its layer's shape."""
     from .quant import quantizer_from_state
 
-    if not isinstance(quant, dict):
-        raise UserError(f"{source}: quant is not a mapping")
-    for name, q in quant.items():
-        key = weight_key(name) if isinstance(name, str) else None
-        if key not in expected:
-            raise UserError(f"{source}: has a quantizer for layer {str(name)[:60]!r}, which the model does not have")
+    for name, key, q in _per_layer(quant, "quantizer", expected, source):
         check_quant_state(q, tuple(expected[key].shape), f"{source}: layer '{name}'")
         try:
             quantizer_from_state(q)

@@ -177,10 +177,11 @@ def forge_dnc(data: bytes, rng: random.Random) -> bytes:
 # ---------------------------------------------------------------- checkpoints
 
 
-def mutate_checkpoint(ckpt: dict, raw: bytes, rng: random.Random) -> bytes:
-    """Half byte-level damage of the saved file, half a hostile but well-formed dict saved again."""
+def mutate_checkpoint(ckpt: dict, raw: bytes, rng: random.Random) -> tuple[bytes, bool]:
+    """(bytes, damaged): half byte-level damage of the saved file (which must never load as other weights),
+    half a hostile but well-formed dict saved again (which may load only if it fits its architecture)."""
     if rng.random() < 0.5:
-        return mutate_bytes(raw, rng)
+        return mutate_bytes(raw, rng), True
     out = {k: (dict(v) if isinstance(v, dict) else copy.deepcopy(v)) for k, v in ckpt.items()}
     kind = rng.randrange(8)
     if kind == 0:
@@ -224,8 +225,8 @@ def mutate_checkpoint(ckpt: dict, raw: bytes, rng: random.Random) -> bytes:
     try:
         torch.save(out, buf)
     except RecursionError:  # nested too deep for pickle to write: damage the bytes instead
-        return mutate_bytes(raw, rng)
-    return buf.getvalue()
+        return mutate_bytes(raw, rng), True
+    return buf.getvalue(), False
 
 
 # ---------------------------------------------------------------- configs

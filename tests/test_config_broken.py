@@ -83,6 +83,7 @@ BROKEN = {
     "override-unknown-key": (T + "  - train: {}\n", ["stages.0.train.epohcs=1"], "did you mean 'epochs'"),
     "train-no-arch": ("data: {name: synthetic}\nstages: [train]\n", [], "train needs an architecture"),
     "same-output-twice": (T + "  - train: {}\n  - pack: {output: out.dnc}\n  - pack: {output: out.dnc}\n", [], "would overwrite"),
+    "output-is-config": (T + "  - train: {}\n  - pack: {output: c.yaml}\n", [], "would overwrite the config itself"),
     "plot-is-output": (T + "  - train: {}\n  - prune: {sparsity: auto, plot: out.png}\n  - pack: {output: out.png}\n", [], "would overwrite"),
 }
 

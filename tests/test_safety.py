@@ -146,3 +146,27 @@ def test_fp32_size_is_the_real_safetensors_size(tmp_path):
         state = build_model(arch).state_dict()
         save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "x.safetensors"))
         assert fp32_file_bytes(state) == (tmp_path / "x.safetensors").stat().st_size
+
+
+def test_a_flipped_bit_in_a_checkpoint_tensor_is_refused(tmp_path, tiny_ckpt):
+    """torch does not check the zip CRCs; we do, so damaged weights never load as other weights."""
+    import zipfile
+
+    with zipfile.ZipFile(tiny_ckpt) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    data = bytearray(tiny_ckpt.read_bytes())
+    h = info.header_offset  # the local header: 30 bytes, then the name and its own extra field, then the data
+    start = h + 30 + int.from_bytes(data[h + 26 : h + 28], "little") + int.from_bytes(data[h + 28 : h + 30], "little")
+    data[start + 100] ^= 0x10  # inside the tensor's bytes
+    (tmp_path / "flip.pt").write_bytes(bytes(data))
+    with pytest.raises(UserError, match="CRC"):
+        load_checkpoint(tmp_path / "flip.pt")
+
+
+def test_legacy_torch_format_still_loads(tmp_path, tiny_ckpt):
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
+    torch.save(ckpt, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    assert load_checkpoint(tmp_path / "legacy.pt")["arch"] == ckpt["arch"]
+    (tmp_path / "cut.pt").write_bytes(tiny_ckpt.read_bytes()[:-200])  # no central directory: not handed to torch at all
+    with pytest.raises(UserError, match="neither a zip archive"):
+        load_checkpoint(tmp_path / "cut.pt")
