@@ -166,7 +166,10 @@ def _run_key(model: nn.Module, train_set: TensorDataset, settings: TrainSettings
 
 
 def _rng_states() -> dict:
-    out = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG as tensors and plain values, so a snapshot loads with weights_only=True (no pickled objects)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    out = {"torch": torch.get_rng_state(), "numpy": (name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)),
+           "python": random.getstate()}
     if torch.cuda.is_available():
         out["cuda"] = torch.cuda.get_rng_state_all()
     return out
@@ -174,8 +177,9 @@ def _rng_states() -> dict:
 
 def _set_rng_states(states: dict) -> None:
     torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(tuple(states["python"]))
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
 
@@ -186,7 +190,7 @@ def _save_snapshot(snap: Snapshots, state: dict) -> None:
     from .fileio import atomic_write_bytes
 
     buf = io.BytesIO()
-    torch.save(state, buf)  # pickled on purpose: RNG states are Python objects; only our own file is ever read back
+    torch.save(state, buf)  # tensors and plain values only: read back with weights_only=True
     atomic_write_bytes(snap.path, buf.getbuffer())
 
 
@@ -196,8 +200,8 @@ def _load_snapshot(snap: Snapshots, key: str) -> dict | None:
         snap.log(f"resume: no snapshot at {snap.path}; starting from the beginning")
         return None
     try:
-        state = torch.load(snap.path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a snapshot is ours, but the disk may have damaged it
+        state = torch.load(snap.path, map_location="cpu", weights_only=True)  # no code runs, whoever wrote the file
+    except Exception as e:  # damaged, or not a snapshot of ours: start afresh
         snap.log(f"resume: snapshot {snap.path} is unreadable ({type(e).__name__}); starting from the beginning")
         return None
     if not isinstance(state, dict) or state.get("format") != SNAPSHOT_FORMAT or state.get("key") != key:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from dnncompress.stages import Context, execute
 from dnncompress.stages.quantize import QuantizeParams
@@ -176,3 +177,22 @@ def test_run_resume_skips_complete_stages_after_a_kill(tmp_path):
         assert _sha(tmp_path / "out" / name) == _sha(tmp_path / "ref" / name), name
     r = _cli([*args, "--resume"], tmp_path)  # everything complete: nothing runs
     assert r.returncode == 0 and r.stderr.count("skipped") == 4, r.stderr
+
+
+class _Payload:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PLANTED",))
+
+
+def test_a_planted_snapshot_runs_no_code(qat_input, tmp_path, monkeypatch):
+    """Snapshots load with weights_only=True: a pickle planted in the snapshot folder is refused, not run."""
+    monkeypatch.chdir(tmp_path)
+    snap_dir = tmp_path / ".out.pt.resume"
+    snap_dir.mkdir()
+    torch.save({"format": "dnncompress-snapshot", "evil": _Payload()}, snap_dir / "finetune.snap")
+    logs = []
+    c = Context(run_dir=str(tmp_path), resume=True, snapshot_every=3, log=logs.append)
+    execute("finetune", FinetuneParams(epochs=1), qat_input, tmp_path / "out.pt", c)
+    assert not (tmp_path / "PLANTED").exists() and any("unreadable" in m for m in logs), logs
