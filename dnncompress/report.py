@@ -88,17 +88,17 @@ def report_packed(dnc_path: str | os.PathLike, fp32_bytes: int | None = None, ar
     try:
         _count_bytes(spec, row)
     except (KeyError, TypeError, IndexError, ValueError, AttributeError) as e:
-        from .pack.container import _bad
+        from .pack.container import invalid_file
 
-        raise _bad(dnc_path, f"a layer entry lacks what its kind needs ({type(e).__name__})") from None
+        raise invalid_file(dnc_path, f"a layer entry lacks what its kind needs ({type(e).__name__})") from None
     out_rows = list(rows.values())
     payload = sum(r["codes"] + r["index"] + r["codebook"] + r["fp"] for r in out_rows)
     file_bytes = Path(dnc_path).stat().st_size
     container = file_bytes - payload  # safetensors header, JSON spec, word padding
     if container < 0:
-        from .pack.container import _bad
+        from .pack.container import invalid_file
 
-        raise _bad(dnc_path, "layers share or overcount blob bytes")
+        raise invalid_file(dnc_path, "layers share or overcount blob bytes")
     for r in out_rows:
         r["bytes"] = r["codes"] + r["index"] + r["codebook"] + r["fp"]
         r["share"] = r["bytes"] / file_bytes

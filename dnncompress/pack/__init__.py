@@ -54,48 +54,48 @@ def check_spec(spec: dict, expected: dict | None, path) -> None:
     """Layer and leftover entries well-formed, each key once, and (given the architecture) the same
     keys, shapes and kinds of dtype as the architecture: no allocation can exceed the model's size."""
     from ..surgery import weight_key
-    from .container import _bad
+    from .container import invalid_file
 
     seen = set()
 
     def claim(key, shape, what):
         if not isinstance(key, str) or key in seen:
-            raise _bad(path, f"{what} {str(key)[:60]!r} is named twice or is not a name")
+            raise invalid_file(path, f"{what} {str(key)[:60]!r} is named twice or is not a name")
         seen.add(key)
         if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 31 for d in shape):
-            raise _bad(path, f"{what} '{key}' has a bad shape")
+            raise invalid_file(path, f"{what} '{key}' has a bad shape")
         if expected is not None:
             if key not in expected:
-                raise _bad(path, f"{what} '{key}' is not part of the architecture")
+                raise invalid_file(path, f"{what} '{key}' is not part of the architecture")
             if tuple(expected[key].shape) != tuple(shape):
-                raise _bad(path, f"'{key}' has shape {tuple(shape)}, the architecture needs {tuple(expected[key].shape)}")
+                raise invalid_file(path, f"'{key}' has shape {tuple(shape)}, the architecture needs {tuple(expected[key].shape)}")
 
     for layer in spec["layers"]:
         if not isinstance(layer, dict) or not isinstance(layer.get("n"), str) or layer.get("k") not in ("q", "m"):
-            raise _bad(path, "a layer entry is malformed (name, kind q|m)")
+            raise invalid_file(path, "a layer entry is malformed (name, kind q|m)")
         key = weight_key(layer["n"])
         claim(key, layer.get("s"), "layer")
         if expected is not None and not expected[key].dtype.is_floating_point:
-            raise _bad(path, f"'{key}' is stored as floating point, the architecture needs {expected[key].dtype}")
+            raise invalid_file(path, f"'{key}' is stored as floating point, the architecture needs {expected[key].dtype}")
         if "x" in layer and (not isinstance(layer["x"], dict) or layer["x"].get("l") not in ("bitmap", "gaps")):
-            raise _bad(path, f"layer '{layer['n']}' has an unknown sparse layout")
+            raise invalid_file(path, f"layer '{layer['n']}' has an unknown sparse layout")
         if layer["k"] == "q":
             from ..quant import SCHEMES
 
             q = layer.get("q")
             if not isinstance(q, dict) or q.get("scheme") not in SCHEMES:
-                raise _bad(path, f"layer '{layer['n']}' names an unknown quantization scheme")
+                raise invalid_file(path, f"layer '{layer['n']}' names an unknown quantization scheme")
     for entry in spec["leftovers"]:
         if not isinstance(entry, list) or len(entry) != 4 or entry[2] not in ("fp32", "fp16", "i64"):
-            raise _bad(path, "a leftover entry is malformed")
+            raise invalid_file(path, "a leftover entry is malformed")
         key, shape, kind, _ = entry
         claim(key, shape, "tensor")
         if expected is not None and expected[key].dtype.is_floating_point != (kind != "i64"):
-            raise _bad(path, f"'{key}' is stored as {kind}, the architecture needs {expected[key].dtype}")
+            raise invalid_file(path, f"'{key}' is stored as {kind}, the architecture needs {expected[key].dtype}")
     if expected is not None:
         missing = [k for k in expected if k not in seen]
         if missing:
-            raise _bad(path, f"'{missing[0]}' of the architecture is missing ({len(missing)} missing)")
+            raise invalid_file(path, f"'{missing[0]}' of the architecture is missing ({len(missing)} missing)")
 
 
 def checkpoint_from_packed(path: str | os.PathLike, arch: str | None = None, trust: bool = False, model: nn.Module | None = None) -> dict:

@@ -116,7 +116,7 @@ def write_packed(ckpt: dict, path: str | os.PathLike, entropy: str = "none", fp1
     return {"bytes": os.path.getsize(path), "layers": len(spec["layers"]), "entropy": entropy}
 
 
-def _bad(path, what: str) -> UserError:
+def invalid_file(path, what: str) -> UserError:
     return UserError(f"{path} is not a valid .dnc file: {what}; re-create it with 'dnncompress pack'")
 
 
@@ -124,7 +124,7 @@ def _json_loads(text, p, what: str):
     try:
         return json.loads(text)
     except (ValueError, UnicodeDecodeError, RecursionError):
-        raise _bad(p, f"{what} is not valid JSON") from None
+        raise invalid_file(p, f"{what} is not valid JSON") from None
 
 
 def read_packed(path: str | os.PathLike) -> tuple[dict, Blobs]:
@@ -134,22 +134,22 @@ def read_packed(path: str | os.PathLike) -> tuple[dict, Blobs]:
     with open(p, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
-            raise _bad(p, "truncated (no header)")
+            raise invalid_file(p, "truncated (no header)")
         (hlen,) = struct.unpack("<Q", head)
         if hlen > min(size - 8, MAX_HEADER):
-            raise _bad(p, f"header length {hlen} exceeds the file")
+            raise invalid_file(p, f"header length {hlen} exceeds the file")
         header = _json_loads(f.read(hlen), p, "header")
         data = f.read()
     if not isinstance(header, dict):
-        raise _bad(p, "header is not a mapping")
+        raise invalid_file(p, "header is not a mapping")
     meta = header.get("__metadata__")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise _bad(p, "not a dnncompress packed file (format tag missing)")
+        raise invalid_file(p, "not a dnncompress packed file (format tag missing)")
     version = meta.get("version")
     if version not in READS:
         raise UserError(f"{p} is .dnc version {str(version)[:20]}, this dnncompress reads versions {', '.join(READS)}; upgrade dnncompress")
     if not all(isinstance(v, str) for v in meta.values()):
-        raise _bad(p, "metadata values must be strings")
+        raise invalid_file(p, "metadata values must be strings")
     arrays, covered = {}, 0
     for name, info in header.items():
         if name == "__metadata__":
@@ -159,25 +159,25 @@ def read_packed(path: str | os.PathLike) -> tuple[dict, Blobs]:
             shape = [int(d) for d in info["shape"]]
             start, end = (int(v) for v in info["data_offsets"])
         except (KeyError, TypeError, ValueError, OverflowError):
-            raise _bad(p, f"tensor '{name}' has a bad descriptor") from None
+            raise invalid_file(p, f"tensor '{name}' has a bad descriptor") from None
         want = Blobs.DTYPES.get(name)
         if want is None or np.dtype(want) != np.dtype(dtype):
-            raise _bad(p, f"tensor '{name}' is {info['dtype']}, not the dtype of any blob of that name")
+            raise invalid_file(p, f"tensor '{name}' is {info['dtype']}, not the dtype of any blob of that name")
         count = shape[0] if len(shape) == 1 else -1
         if count < 0 or not 0 <= start <= end <= len(data) or end - start != count * np.dtype(dtype).itemsize:
-            raise _bad(p, f"tensor '{name}' does not fit the file (truncated?)")
+            raise invalid_file(p, f"tensor '{name}' does not fit the file (truncated?)")
         covered += end - start
         arrays[name] = np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<"), count=count, offset=start)
     spans = sorted((int(i["data_offsets"][0]), int(i["data_offsets"][1])) for n, i in header.items() if n != "__metadata__")
     if any(a[1] != b[0] for a, b in zip(spans, spans[1:])) or (spans and spans[0][0] != 0) or covered != len(data):
-        raise _bad(p, "tensor data overlaps, leaves gaps or has trailing bytes")
+        raise invalid_file(p, "tensor data overlaps, leaves gaps or has trailing bytes")
     spec_json = meta.get("spec", "")
     digest = _header_digest(header, data) if version == "2" else _digest(spec_json, arrays)
     if digest != meta.get("sha256"):
-        raise _bad(p, "SHA-256 mismatch (corrupted or modified)")
+        raise invalid_file(p, "SHA-256 mismatch (corrupted or modified)")
     spec = _json_loads(spec_json, p, "spec")
     if not isinstance(spec, dict) or not isinstance(spec.get("layers"), list) or not isinstance(spec.get("leftovers"), list):
-        raise _bad(p, "spec lacks layers")
+        raise invalid_file(p, "spec lacks layers")
     return spec, Blobs(arrays)
 
 
@@ -202,5 +202,5 @@ def restore(spec: dict, blobs: Blobs, path="<packed>") -> tuple[dict, dict, dict
             t = torch.from_numpy(raw.astype(np.float32 if kind != "i64" else np.int64)).reshape(shape)
             state[key] = t
     except (ValueError, KeyError, TypeError, IndexError, OverflowError, MemoryError, AttributeError, RuntimeError, RecursionError) as e:
-        raise _bad(path, (str(e).splitlines() or [type(e).__name__])[0][:160]) from None
+        raise invalid_file(path, (str(e).splitlines() or [type(e).__name__])[0][:160]) from None
     return state, masks, quant
