@@ -322,3 +322,22 @@ def fits_model(model_factory, x: torch.Tensor):
         return None
 
     return check
+
+
+class Tally:
+    """Outcome counts, the slowest case, and what went wrong, for one fuzzed input kind."""
+
+    BAD = ("wrong", "crash", "hang")
+
+    def __init__(self, label: str = ""):
+        from collections import Counter
+
+        self.label, self.counts, self.slowest, self.problems = label, Counter(), 0.0, []
+
+    def add(self, case: int, result: tuple[str, float, str], what: str = "") -> str:
+        outcome, seconds, detail = result
+        self.counts[outcome] += 1
+        self.slowest = max(self.slowest, seconds)
+        if outcome in self.BAD:
+            self.problems.append(f"{self.label} {what} case {case}: {outcome} {detail}".strip())
+        return outcome

@@ -2,7 +2,6 @@
 Nothing may crash, hang, or load a damaged file as if it were whole (`benchmarks/trust_bench.py`
 runs the same with thousands of cases)."""
 import random
-from collections import Counter
 
 import pytest
 import torch
@@ -40,8 +39,9 @@ def bases(tmp_path_factory):
     return out
 
 
-def _assert_clean(counts: Counter, details: list):
-    assert not counts["crash"] and not counts["wrong"] and not counts["hang"], details[:5]
+def _assert_clean(*tallies: F.Tally):
+    for t in tallies:
+        assert not any(t.counts[o] for o in F.Tally.BAD), t.problems[:5]
 
 
 @pytest.mark.parametrize("base,cases", [("linear-huffman", 300), ("lenet5-mixed", 160)])
@@ -50,24 +50,17 @@ def test_dnc_fuzz_half_resigned(bases, base, cases, tmp_path):
     x = torch.randn(2, *((1, 1, 3000) if base.startswith("linear") else (1, 28, 28)))
     fits = F.fits_model(None, x.reshape(2, -1) if base.startswith("linear") else x)
     rng = random.Random(2024)
-    counts, details = Counter(), []
+    loads, reports = F.Tally(base), F.Tally(f"{base} report")
     for case in range(cases):
         forged = case % 2 == 1
         path = tmp_path / "bad.dnc"
         path.write_bytes(F.forge_dnc(data, rng) if forged else F.mutate_bytes(data, rng))
-        outcome, _, detail = F.judge(lambda: checkpoint_from_packed(path), lambda c: F.same_state(c["state_dict"], original),
-                                     fits if forged else None)
-        counts[outcome] += 1
-        if outcome in ("crash", "wrong", "hang"):
-            details.append((case, outcome, detail))
+        loads.add(case, F.judge(lambda: checkpoint_from_packed(path), lambda c: F.same_state(c["state_dict"], original),
+                                fits if forged else None))
         if case % 4 == 0:
-            outcome, _, detail = F.judge(lambda: report_packed(path), None, lambda r: None)
-            counts["report " + outcome] += 1
-            if outcome in ("crash", "hang"):
-                details.append((case, "report " + outcome, detail))
-    _assert_clean(counts, details)
-    assert not counts["report crash"] and not counts["report hang"], details[:5]
-    assert counts["error"] > cases * 0.6, counts  # nearly every damaged or forged file is refused
+            reports.add(case, F.judge(lambda: report_packed(path), None, lambda r: None))
+    _assert_clean(loads, reports)
+    assert loads.counts["error"] > cases * 0.6, loads.counts  # nearly every damaged or forged file is refused
 
 
 def test_checkpoint_fuzz(tmp_path):
@@ -77,31 +70,25 @@ def test_checkpoint_fuzz(tmp_path):
     original = load_checkpoint(tmp_path / "ok.pt")["state_dict"]
     fits = F.fits_model(None, torch.randn(2, 1, 28, 28))
     rng = random.Random(7)
-    counts, details = Counter(), []
+    loads = F.Tally("checkpoint")
     for case in range(150):
         path = tmp_path / "bad.pt"
         data, damaged = F.mutate_checkpoint(ckpt, raw, rng)
         path.write_bytes(data)
-        outcome, _, detail = F.judge(lambda: load_checkpoint(path), lambda c: F.same_state(c["state_dict"], original),
-                                     None if damaged else fits)
-        counts[outcome] += 1
-        if outcome in ("crash", "wrong", "hang"):
-            details.append((case, outcome, detail))
-    _assert_clean(counts, details)
-    assert counts["error"] > 75, counts
+        loads.add(case, F.judge(lambda: load_checkpoint(path), lambda c: F.same_state(c["state_dict"], original),
+                                None if damaged else fits))
+    _assert_clean(loads)
+    assert loads.counts["error"] > 75, loads.counts
 
 
 def test_config_fuzz(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     texts = [p.read_text() for p in CONFIGS]
     rng = random.Random(11)
-    counts, details = Counter(), []
+    loads = F.Tally("config")
     for case in range(100):
         path = tmp_path / "c.yaml"
         path.write_bytes(F.mutate_config(rng.choice(texts), rng))
-        outcome, _, detail = F.judge(lambda: load_config(path), None, lambda cfg: None)
-        counts[outcome] += 1
-        if outcome in ("crash", "hang"):
-            details.append((case, outcome, detail))
-    assert not counts["crash"] and not counts["hang"], details[:5]
-    assert counts["error"] > 50, counts
+        loads.add(case, F.judge(lambda: load_config(path), None, lambda cfg: None))
+    _assert_clean(loads)
+    assert loads.counts["error"] > 50, loads.counts
