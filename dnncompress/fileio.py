@@ -102,14 +102,14 @@ def atomic_write_bytes(path: str | os.PathLike, data) -> None:
             f.write(data)
 
 
-def check_writable_dir(directory: str | os.PathLike) -> None:
+def check_writable_dir(directory: str | os.PathLike, hint: str = "choose a writable output path (-o) or directory") -> None:
     """Fail before a long run, not after it, when its outputs could not be written."""
     d = Path(directory)
     probe = d
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write into {d}: permission denied; choose a writable output path (-o) or directory")
+        raise UserError(f"cannot write into {d}: permission denied; {hint}")
 
 
 PLOT_FORMATS = ("png", "svg", "pdf")

@@ -124,7 +124,7 @@ def execute(name: str, params: Any, ckpt: dict | None, out_path: Path, ctx: Cont
         raise UserError(f"stage '{name}' needs an input checkpoint")
     if main_process:  # fail before the work, not after it, when the output or its record cannot be written
         check_writable_dir(Path(out_path).parent)
-        check_writable_dir(state_dir(ctx.run_dir))
+        check_writable_dir(state_dir(ctx.run_dir), "every output is recorded in .dnncompress-state.json there: run from a writable directory")
     ctx.snapshot_dir = snapshot_dir_for(out_path)
     ctx.stage_key = stage_key(name, params, ckpt)
     if not ctx.resume and main_process:
