@@ -190,7 +190,7 @@ def memory_section(n: int) -> str:
     from dnncompress.checkpoint import new_checkpoint
     from dnncompress.models import build_model
     from dnncompress.pack import save_packed
-    from dnncompress.quant import quantize
+    from dnncompress.quantize_model import quantize
     from dnncompress.report import fp32_file_bytes
     from dnncompress.surgery import update_checkpoint
     from tests.test_fuzz import lenet5_ckpt

@@ -10,7 +10,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .errors import UserError
 from .pack import load_packed, save_packed
 from .prune.magnitude import prune as prune_model  # named so: dnncompress.prune is the subpackage
-from .quant import quantization_summary, quantize
+from .quantize_model import quantization_summary, quantize
 
 
 def available() -> dict[str, list[str]]:

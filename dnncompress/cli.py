@@ -264,7 +264,7 @@ def eval_cmd(checkpoint, data, data_dir, device, arch, trust, json_out):
     bundle = ctx.data_for(ckpt)
     model = model_from_checkpoint(ckpt)
     metrics = evaluate(model, bundle.test, device=device)
-    from .quant import quantization_summary
+    from .quantize_model import quantization_summary
 
     layers = quantization_summary(model)
     out = {"checkpoint": str(path), "arch": ckpt["arch"], "dataset": bundle.name, **metrics,

@@ -15,7 +15,9 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
+from .errors import UserError
 from .models import build_model
+from .quant import quantizer_from_state
 
 SUFFIX = ".parametrizations.weight.original"
 
@@ -149,13 +151,9 @@ def model_from_checkpoint(ckpt: dict, with_compression: bool = True) -> nn.Modul
         quant = ckpt.get("quant", {}) or {}
         for name in sorted(set(ckpt.get("masks", {})) | set(quant)):
             if name not in modules:
-                from .errors import UserError
-
                 raise UserError(f"checkpoint names layer '{name}', which the model '{ckpt['arch']}' does not have")
             quantizer = None
             if name in quant:
-                from .quant import quantizer_from_state
-
                 quantizer = quantizer_from_state(quant[name])
             attach(modules[name], ckpt.get("masks", {}).get(name), quantizer)
     return model

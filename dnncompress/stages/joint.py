@@ -72,7 +72,7 @@ def joint_stage(ckpt, p: JointParams, ctx: Context) -> StageOutput:
     ft = FinetuneParams(epochs=p.prune_epochs, lr=p.lr, agp=agp, seed=p.seed)
     pruned, pr = ctx.memo("prune", lambda: finetune_model(ckpt, ft, ctx, phase="prune"))
     qmodel = model_from_checkpoint(pruned)
-    from ..quant import quantize
+    from ..quantize_model import quantize
 
     quantize(qmodel, "codebook", list(layers), [], {n: {"bits": r["bits"]} for n, r in zip(choice, rows)}, mode=p.codebook)
     quantized = update_checkpoint(derive(pruned), qmodel)

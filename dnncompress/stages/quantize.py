@@ -6,7 +6,8 @@ from typing import Literal
 
 from ..checkpoint import derive
 from ..errors import UserError
-from ..quant import SCHEMES, quantize
+from ..quant import SCHEMES
+from ..quantize_model import quantize
 from ..surgery import model_from_checkpoint, update_checkpoint
 from ..train import evaluate
 from .base import Context, StageOutput, register_stage

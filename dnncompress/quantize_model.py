@@ -1,4 +1,7 @@
-"""Quantize any nn.Module: attach a fitted quantizer to every matching layer's weight."""
+"""Quantize any nn.Module: attach a fitted quantizer to every matching layer's weight.
+
+This is model surgery, so it lives beside `surgery.py`; `quant/` stays pure tensor math and
+imports nothing from the model side (no import cycle)."""
 from __future__ import annotations
 
 import fnmatch
@@ -7,8 +10,9 @@ from collections.abc import Iterable
 import torch
 import torch.nn as nn
 
-from ..errors import UserError
-from .base import make_quantizer
+from .errors import UserError
+from .quant import make_quantizer
+from .surgery import attach, compressible_layers, compression_of, shadow_weight
 
 
 def _options_for(name: str, base: dict, overrides: dict | None) -> dict:
@@ -36,8 +40,6 @@ def quantize(
     an override may also change the scheme, or set `skip: true` to leave a layer in fp32.
     Existing pruning masks are respected. Returns the per-layer summary.
     """
-    from ..surgery import attach, compressible_layers, compression_of, shadow_weight
-
     if "codebook" in options:  # the CLI's name for the codebook mode
         options["mode"] = options.pop("codebook")
     layers = compressible_layers(model, include, exclude)
@@ -60,8 +62,6 @@ def quantize(
 
 @torch.no_grad()
 def layer_summary(name: str, module: nn.Module) -> dict:
-    from ..surgery import compression_of, shadow_weight
-
     comp = compression_of(module)
     q = comp.quantizer
     w = shadow_weight(module).detach().float()
@@ -82,6 +82,4 @@ def layer_summary(name: str, module: nn.Module) -> dict:
 
 
 def quantization_summary(model: nn.Module) -> list[dict]:
-    from ..surgery import compression_of
-
     return [layer_summary(n, m) for n, m in model.named_modules() if (c := compression_of(m)) is not None and c.quantizer is not None]
