@@ -149,3 +149,16 @@ def test_fast_refine_tracks_the_exact_fit():
 def test_bad_options(scheme, opts, needle):
     with pytest.raises(UserError, match=needle):
         make_quantizer(scheme, **opts)
+
+
+def test_per_channel_rows_follow_the_weights_first_dimension():
+    """docs/format.md: one level row per slice of dim 0 (output channels of Conv/Linear, input channels of ConvTranspose)."""
+    import torch
+
+    from dnncompress.quantize_model import quantize
+    from dnncompress.surgery import compression_of
+
+    for layer in (torch.nn.Conv2d(3, 5, 3), torch.nn.Linear(4, 6), torch.nn.ConvTranspose2d(3, 5, 3)):
+        m = torch.nn.Sequential(layer)
+        quantize(m, "fourval", per_channel=True)
+        assert compression_of(m[0]).quantizer.levels.shape[0] == m[0].parametrizations["weight"].original.shape[0]
