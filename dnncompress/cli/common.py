@@ -1,0 +1,217 @@
+"""What every command shares: one-line errors, progress bars, inputs, outputs and common options."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import UserError
+
+
+def stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def stdout_console():
+    """Rich console for results; wide when piped so tables are not squeezed to 80 columns."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
+MAX_MESSAGE = 500
+
+
+def fail(message: str, code: int) -> None:
+    if len(message) > MAX_MESSAGE:  # a hostile file can make any quoted value long
+        message = message[: MAX_MESSAGE - 1] + "…"
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+class Group(click.Group):
+    """Maps library errors to one-line messages: bad input → exit 2, anything else → exit 1."""
+
+    def main(self, *args, **kwargs):
+        """Click's own usage errors become one line too (`error: ...`, exit 2)."""
+        kwargs.setdefault("standalone_mode", True)
+        if not kwargs["standalone_mode"]:
+            return super().main(*args, **kwargs)
+        try:
+            return super().main(*args, **{**kwargs, "standalone_mode": False})
+        except click.exceptions.Abort:
+            fail("aborted", 1)
+        except click.ClickException as e:
+            hint = f" (see '{e.ctx.command_path} --help')" if getattr(e, "ctx", None) is not None else ""
+            fail(e.format_message().splitlines()[0] + hint, e.exit_code if e.exit_code else 2)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            fail(str(e).splitlines()[0] if str(e) else "bad input", 2)
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
+            raise
+        except Exception as e:  # last line of defence: no traceback for users
+            if os.environ.get("DNNCOMPRESS_DEBUG"):
+                raise
+            fail(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (set DNNCOMPRESS_DEBUG=1 for a traceback)", 1)
+
+
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def resolve_input(path: str | None, suffixes=(".pt", ".dnc")) -> Path:
+    """The given checkpoint, or the newest output recorded in this directory (said on stderr)."""
+    from ..runstate import latest_output
+
+    if path:
+        return Path(path)
+    found = latest_output(want_suffix=suffixes)
+    click.echo(f"using {found} (newest output in this directory)", err=True)
+    return found
+
+
+def load_input(path: str | None, arch=None, trust=False):
+    from ..checkpoint import load_checkpoint
+
+    p = resolve_input(path)
+    if p.suffix == ".dnc":
+        from ..pack import checkpoint_from_packed
+
+        return p, checkpoint_from_packed(p, arch=arch, trust=trust)
+    return p, load_checkpoint(p, arch=arch, trust=trust)
+
+
+class ProgressBar:
+    """Rich progress on stderr, fed by the library's progress events."""
+
+    def __init__(self, description: str, enabled: bool = True):
+        self.description, self.enabled = description, enabled and rank() == 0
+        self.progress = self.task = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=stderr_console(), transient=False,
+            )
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress:
+            self.progress.__exit__(*exc)
+
+    def __call__(self, event: dict) -> None:
+        if not self.progress:
+            return
+        kind = event.get("kind")
+        if kind == "start":
+            self.task = self.progress.add_task(self.description, total=event["total"], completed=event.get("done", 0), info="")
+        elif kind == "step" and self.task is not None:
+            info = f"epoch {event['epoch']} loss {event['loss']:.3f} acc {event['accuracy']:.1f}%"
+            self.progress.update(self.task, advance=1, info=info)
+        elif kind == "scan" and event.get("total"):
+            if self.task is None:
+                self.task = self.progress.add_task(self.description, total=event["total"], info="")
+            self.progress.update(self.task, completed=event["done"], info=event.get("info", ""))
+
+
+def make_context(data=None, data_dir=None, device="auto", seed=0, progress=None, resume=False, snapshot_every=200):
+    from ..stages import Context
+
+    return Context(data_name=data, data_dir=data_dir, device=device, seed=seed, progress=progress,
+                   log=lambda m: click.echo(m, err=True), resume=resume, snapshot_every=snapshot_every)
+
+
+def run_stage(name, params, input_path, ckpt, output, ctx, json_out=False):
+    from ..fileio import output_path
+    from ..stages import STAGES, execute
+
+    stage = STAGES.get(name)
+    out = output_path(input_path, output, stage.suffix, stage.ext)
+    ckpt, result = execute(name, params, ckpt, out, ctx, main_process=rank() == 0)
+    if rank() == 0:
+        if json_out:
+            click.echo(json.dumps({"output": str(out), **jsonable(result)}))
+        else:
+            print_result(name, out, result)
+    return out, ckpt, result
+
+
+def jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):
+        try:
+            return obj.item()
+        except (ValueError, RuntimeError):
+            return str(obj)
+    return obj
+
+
+def print_result(name, out, result):
+    acc = result.get("accuracy")
+    extra = f" — test accuracy {acc:.2f}%" if isinstance(acc, (int, float)) else ""
+    click.echo(f"{name}: wrote {out}{extra}")
+
+
+data_options = [
+    click.option("--data", "data", default=None, help="dataset: mnist, cifar10, cifar100, digits, synthetic (default: the checkpoint's)"),
+    click.option("--data-dir", default=None, type=click.Path(), help="folder with the dataset files (MNIST IDX, CIFAR python batches)"),
+    click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 …"),
+]
+resume_options = [
+    click.option("--resume", is_flag=True, help="continue a killed run from its last snapshot (same command, same output)"),
+    click.option("--snapshot-every", default=200, show_default=True, type=click.IntRange(0, None),
+                 help="optimizer steps between resumable snapshots (plus one per epoch); 0 = none"),
+]
+input_options = [
+    click.option("--arch", default=None, help="architecture to build (needed for a bare state_dict; a package.module:factory "
+                 "recorded in a file is only imported when you name it here)"),
+    click.option("--trust", is_flag=True, help="allow what can run code: a pickled full model, or a module:factory recorded "
+                 "in a file (only for files you trust)"),
+]
+
+
+def with_options(options):
+    def deco(fn):
+        for opt in reversed(options):
+            fn = opt(fn)
+        return fn
+
+    return deco
+
+
+def help_text(text: str, example: str) -> str:
+    """A command's help with its example (which must run as written) beside it."""
+    return f"{text}\n\n\b\nExample:\n  {example}"
+
+
+def print_layers(rows: list[dict], title: str) -> None:
+    """A rich table of per-layer quantization results (stdout: it is the command's result)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("layer", "scheme", "bits", "params", "nonzeros", "distinct", "rel. L2 error"):
+        table.add_column(col, justify="left" if col in ("layer", "scheme") else "right")
+    for r in rows:
+        table.add_row(r["layer"], r["scheme"], str(r["bits"]), f"{r['params']:,}", f"{r['nonzeros']:,}",
+                      str(r["distinct_values"]), f"{r['rel_error']:.4f}")
+    stdout_console().print(table)

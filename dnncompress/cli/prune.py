@@ -1,0 +1,70 @@
+"""`dnncompress prune`."""
+from __future__ import annotations
+
+import click
+
+from ..errors import UserError
+from .common import (
+    ProgressBar,
+    data_options,
+    help_text,
+    input_options,
+    load_input,
+    make_context,
+    resolve_input,
+    run_stage,
+    stdout_console,
+    with_options,
+)
+
+EXAMPLE = "dnncompress prune base.pt --sparsity auto --max-drop 0.5 --plot sens.png -o pruned.pt"
+
+
+def print_prune(result: dict, out) -> None:
+    from rich.table import Table
+
+    auto = result.get("auto")
+    t = Table(title=f"prune → {out}" + (f" (auto: measured drop {auto['measured_drop']:.2f} pt ≤ {auto['max_drop']} pt before fine-tuning)" if auto else ""))
+    for c in ("layer", "params", "kept", "sparsity"):
+        t.add_column(c, justify="left" if c == "layer" else "right")
+    for r in result["layers"]:
+        t.add_row(r["layer"], f"{r['params']:,}", f"{r['kept']:,}", f"{100 * r['sparsity']:.1f}%")
+    total = sum(r["params"] for r in result["layers"])
+    t.add_row("total", f"{total:,}", f"{sum(r['kept'] for r in result['layers']):,}", f"{100 * result['overall_sparsity']:.1f}%", style="bold")
+    stdout_console().print(t)
+
+
+@click.command("prune", help=help_text("Magnitude-prune Conv and Linear weights: a fixed sparsity, or 'auto' from a sensitivity scan.", EXAMPLE))
+@click.argument("checkpoint", required=False)
+@click.option("--sparsity", default="0.9", show_default=True, help="fraction of weights to remove, in [0, 1), or 'auto'")
+@click.option("--scope", type=click.Choice(["layer", "global"]), default="layer", show_default=True)
+@click.option("--max-drop", default=0.5, show_default=True, type=float, help="auto: accuracy budget in points (before fine-tuning)")
+@click.option("--exclude", multiple=True, help="fnmatch pattern of layers to leave dense (repeatable)")
+@click.option("--override", "overrides", multiple=True, help="per-layer sparsity, PATTERN=VALUE (e.g. conv1=0.5)")
+@click.option("--plot", type=click.Path(), default=None, help="auto: write the sensitivity curves as PNG")
+@with_options(data_options + input_options)
+@click.option("-o", "--output", default=None, type=click.Path())
+@click.option("--json", "json_out", is_flag=True)
+def prune(checkpoint, sparsity, scope, max_drop, exclude, overrides, plot, data, data_dir, device, arch, trust, output, json_out):
+    from ..stages.prune import PruneParams
+
+    parsed = {}
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"--override '{item}' must look like PATTERN=SPARSITY, e.g. conv1=0.5")
+        pattern, value = item.split("=", 1)
+        try:
+            parsed[pattern] = float(value)
+        except ValueError:
+            raise UserError(f"--override '{item}': '{value}' is not a number") from None
+    params = PruneParams(sparsity=sparsity, scope=scope, max_drop=max_drop, exclude=list(exclude), overrides=parsed, plot=plot)
+    path = resolve_input(checkpoint)
+    if plot:
+        from ..fileio import refuse_input
+
+        refuse_input(plot, [path, output], "--plot")
+    path, ckpt = load_input(str(path), arch, trust)
+    with ProgressBar("sensitivity scan", enabled=params.sparsity == "auto") as bar:
+        out, _, result = run_stage("prune", params, path, ckpt, output, make_context(data, data_dir, device, progress=bar), json_out)
+    if not json_out:
+        print_prune(result, out)

@@ -1,0 +1,60 @@
+"""`dnncompress report`."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from .common import help_text, input_options, jsonable, load_input, resolve_input, stdout_console, with_options
+
+EXAMPLE = "dnncompress report model.dnc --plot sizes.png"
+
+
+def print_report(rep: dict) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{rep['file']} — {rep.get('arch')}")
+    cols = ["layer", "params", "nonzeros", "scheme", "bits", "codes", "index", "codebook", "fp", "bytes", "share", "bits/w"]
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("layer", "scheme") else "right")
+    for r in rep["layers"]:
+        t.add_row(r["layer"], f"{r['params']:,}", f"{r['nonzeros']:,}", r["scheme"], str(r["bits"]), f"{r['codes']:,}",
+                  f"{r['index']:,}", f"{r['codebook']:,}", f"{r['fp']:,}", f"{r['bytes']:,}", f"{100 * r['share']:.1f}%",
+                  f"{r['bits_per_weight']:.2f}")
+    t.add_row("(container)", "", "", "", "", "", "", "", "", f"{rep['container_bytes']:,}",
+              f"{100 * rep['container_bytes'] / rep['packed_bytes']:.1f}%", "")
+    t.add_row("total", f"{rep['params']:,}", f"{rep['nonzeros']:,}", "", "", "", "", "", "", f"{rep['packed_bytes']:,}", "100%",
+              f"{rep['bits_per_weight']:.2f}", style="bold")
+    console = stdout_console()
+    console.print(t)
+    console.print(f"fp32 safetensors {rep['fp32_bytes']:,} bytes → packed {rep['packed_bytes']:,} bytes: "
+                  f"[bold]{rep['ratio']:.1f}× smaller[/bold] ({rep['percent_of_fp32']:.2f} % of fp32)")
+
+
+@click.command("report", help=help_text("Per-layer table of where every byte goes, with the ratio from actual file sizes.", EXAMPLE))
+@click.argument("target", required=False)
+@click.option("--entropy", type=click.Choice(["none", "huffman"]), default="none", show_default=True,
+              help="for a checkpoint: the entropy coder to pack it with")
+@click.option("--plot", type=click.Path(), default=None, help="write a PNG of per-layer bytes and bits per weight")
+@with_options(input_options)
+@click.option("--json", "json_out", is_flag=True)
+def report(target, entropy, plot, arch, trust, json_out):
+    from ..report import plot_report, report_checkpoint, report_packed
+
+    path = resolve_input(target)
+    if plot:
+        from ..fileio import check_plot_path, refuse_input
+
+        refuse_input(plot, [path], "--plot")
+        check_plot_path(plot)
+    if path.suffix == ".dnc":
+        rep = report_packed(path, arch=arch, trust=trust)
+    else:
+        _, ckpt = load_input(str(path), arch, trust)
+        rep = report_checkpoint(ckpt, entropy)
+    if plot:
+        plot_report(rep, plot)
+    if json_out:
+        click.echo(json.dumps(jsonable(rep)))
+    else:
+        print_report(rep)
