@@ -284,10 +284,9 @@ def _check_run(cfg: RunConfig, p: Path, where: _Where, trust: bool) -> None:
     for key, arch, kwargs in archs:
         if arch is not None:
             try:
-                check_arch_from_file(arch, kwargs or {}, where(key), trust=trust)
+                check_arch_from_file(arch, kwargs or {}, where(key), trust=trust, allow="pass --trust to run the config")
             except UserError as e:
-                msg = str(e).replace("pass --arch", "pass --trust to run it, or --arch").replace(" (or --trust)", "")
-                raise UserError(msg if where(key) in msg else f"{where(key)}: {msg}") from None
+                raise UserError(str(e) if where(key) in str(e) else f"{where(key)}: {e}") from None
     first = cfg.stages[0][0]
     if STAGES.get(first).needs_input:
         if not cfg.model.checkpoint:

@@ -53,11 +53,12 @@ def _completed_output(name: str, params, ckpt: dict | None, out_path: Path, cfg:
     entry_config = params_dict(params)
     try:
         if STAGES.get(name).ext == ".dnc":
-            from .stages.pack import packed_result, packs_to
+            from .stages.pack import packed_already
 
-            if ckpt is None or not packs_to(ckpt, params, out_path):
+            result = packed_already(ckpt, params, out_path) if ckpt is not None else None
+            if result is None:
                 return None
-            entry = {"stage": name, "config": entry_config, "result": without_timings(packed_result(out_path))}
+            entry = {"stage": name, "config": entry_config, "result": without_timings(result)}
             return {**ckpt, "history": [*ckpt.get("history", []), entry]}
         out = load_checkpoint(out_path, arch=arch)
     except UserError:

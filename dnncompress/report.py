@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .pack import vet_packed
-from .pack.container import restore, write_packed
+from .pack.container import invalid_file, restore, write_packed
 from .pack.layers import Blobs, fragment_bytes
 from .surgery import weight_key
 
@@ -88,16 +88,12 @@ def report_packed(dnc_path: str | os.PathLike, fp32_bytes: int | None = None, ar
     try:
         _count_bytes(spec, row)
     except (KeyError, TypeError, IndexError, ValueError, AttributeError) as e:
-        from .pack.container import invalid_file
-
         raise invalid_file(dnc_path, f"a layer entry lacks what its kind needs ({type(e).__name__})") from None
     out_rows = list(rows.values())
     payload = sum(r["codes"] + r["index"] + r["codebook"] + r["fp"] for r in out_rows)
     file_bytes = Path(dnc_path).stat().st_size
     container = file_bytes - payload  # safetensors header, JSON spec, word padding
     if container < 0:
-        from .pack.container import invalid_file
-
         raise invalid_file(dnc_path, "layers share or overcount blob bytes")
     for r in out_rows:
         r["bytes"] = r["codes"] + r["index"] + r["codebook"] + r["fp"]

@@ -109,18 +109,20 @@ def shadow_weight(module: nn.Module) -> torch.Tensor:
     return module.weight
 
 
-def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The state_dict with shadow weights under their plain names and no parametrization buffers."""
+def plain_state_dict(model: nn.Module, clone: bool = True) -> dict[str, torch.Tensor]:
+    """The state_dict with shadow weights under their plain names and no parametrization buffers
+    (CPU copies; `clone=False` gives the module's own tensors, for reading shapes and dtypes)."""
     out = {}
     for key, value in model.state_dict().items():
         if key == SUFFIX[1:]:  # the root module itself is parametrized (e.g. a bare nn.Linear)
-            out["weight"] = value.detach().cpu().clone()
+            name = "weight"
         elif key.endswith(SUFFIX):
-            out[key[: -len(SUFFIX)] + ".weight"] = value.detach().cpu().clone()
+            name = key[: -len(SUFFIX)] + ".weight"
         elif key.startswith("parametrizations.") or ".parametrizations." in key:
             continue
         else:
-            out[key] = value.detach().cpu().clone()
+            name = key
+        out[name] = value.detach().cpu().clone() if clone else value
     return out
 
 

@@ -64,14 +64,19 @@ def _init_distributed(device: torch.device) -> bool:
     return True
 
 
+def hash_tensors(h, state: dict) -> None:
+    """Feed every (name, tensor bytes) of `state`, in name order, into the hash object `h`."""
+    for name, t in sorted(state.items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+
+
 def weights_digest(model: nn.Module) -> str:
     """SHA-256 over every parameter and buffer: equal digests mean bit-identical weights."""
     import hashlib
 
     h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    hash_tensors(h, model.state_dict())
     return h.hexdigest()
 
 

@@ -136,7 +136,7 @@ def _signed(header: dict, body: bytes) -> bytes:
     meta = header["__metadata__"]  # `header` is the caller's fresh parse: edited in place
     meta.pop("sha256", None)
     try:
-        meta["sha256"] = _header_digest(header, body)
+        meta["sha256"] = _header_digest(header, [body])
     except RecursionError:  # too deep to serialize canonically: the reader refuses it unsigned anyway
         meta["sha256"] = "0" * 64
         header = {"__metadata__": meta, "deep": "[" * 100}

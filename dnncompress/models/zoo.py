@@ -83,10 +83,10 @@ def is_code_reference(arch: str) -> bool:
 SCALARS = (str, int, float, bool, type(None))
 
 
-def check_arch_from_file(arch, arch_kwargs, source, named: str | None = None, trust: bool = False) -> None:
+def check_arch_from_file(arch, arch_kwargs, source, named: str | None = None, trust: bool = False, allow: str | None = None) -> None:
     """An architecture read from a file may be a zoo name or `torchvision:NAME`; a `module:factory`
     only when the user named the same one on the command line (`named`) or passed --trust.
-    Checked before anything is imported, built or called."""
+    Checked before anything is imported, built or called. `allow` says how to permit it (default: --arch/--trust)."""
     if not isinstance(arch, str) or not arch or len(arch) > 200:
         raise UserError(f"{source}: the recorded architecture must be a name, got {str(arch)[:60]!r}; re-create the file or pass --arch")
     if not isinstance(arch_kwargs, dict) or not all(isinstance(k, str) and isinstance(v, SCALARS) for k, v in arch_kwargs.items()):
@@ -94,7 +94,7 @@ def check_arch_from_file(arch, arch_kwargs, source, named: str | None = None, tr
     if is_code_reference(arch):
         if not trust and arch != named:
             raise UserError(f"{source} names architecture '{arch}', which would import and run code from '{arch.split(':')[0]}'; "
-                            f"if you trust that code, pass --arch {arch} (or --trust)")
+                            f"if you trust that code, {allow or f'pass --arch {arch} (or --trust)'}")
         return
     if arch.startswith("torchvision:"):
         _resolve(arch)  # an unknown torchvision name fails here, before any build

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError
-from .container import FORMAT, VERSION, read_packed, restore, write_packed
+from .container import FORMAT, VERSION, invalid_file, read_packed, restore, write_packed
 
 __all__ = ["FORMAT", "VERSION", "check_spec", "checkpoint_from_packed", "load_packed", "read_packed", "save_packed", "vet_packed", "write_packed"]
 
@@ -17,7 +17,7 @@ def _spec_field(spec: dict, key: str, kind: type, path, default):
     if value is None:
         value = default
     if not isinstance(value, kind):
-        raise UserError(f"{path} is not a valid .dnc file: spec '{key}' must be a {kind.__name__}; re-create it with 'dnncompress pack'")
+        raise invalid_file(path, f"spec '{key}' must be a {kind.__name__}")
     return value
 
 
@@ -28,19 +28,16 @@ def vet_packed(path: str | os.PathLike, arch: str | None = None, trust: bool = F
     spec, blobs = read_packed(path)
     recorded = spec.get("arch")
     if recorded is not None and not isinstance(recorded, str):
-        raise UserError(f"{path} is not a valid .dnc file: its architecture is not a name")
+        raise invalid_file(path, "its architecture is not a name")
     arch_kwargs = _spec_field(spec, "arch_kwargs", dict, path, {})
     for key, kind in (("dataset", dict), ("metrics", dict)):
         spec[key] = _spec_field(spec, key, kind, path, {})
     spec["arch"] = arch or recorded
     expected = None
     if model is not None:
-        from torch.nn.utils import parametrize
-
         from ..surgery import plain_state_dict
 
-        parametrized = any(parametrize.is_parametrized(m) for m in model.modules())
-        expected = plain_state_dict(model) if parametrized else dict(model.state_dict())  # no copies for a plain module
+        expected = plain_state_dict(model, clone=False)  # shapes and dtypes only: no copies
     elif spec["arch"]:
         from ..validate import check_arch_from_file, expected_state
 
@@ -54,7 +51,6 @@ def check_spec(spec: dict, expected: dict | None, path) -> None:
     """Layer and leftover entries well-formed, each key once, and (given the architecture) the same
     keys, shapes and kinds of dtype as the architecture: no allocation can exceed the model's size."""
     from ..surgery import weight_key
-    from .container import invalid_file
 
     seen = set()
 

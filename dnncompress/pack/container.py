@@ -36,11 +36,12 @@ def canonical_json(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
-def _header_digest(header: dict, data: bytes | memoryview) -> str:
-    """Version 2: SHA-256 of the canonical header (without the sha256 value itself), then the data."""
+def _header_digest(header: dict, data_pieces) -> str:
+    """Version 2: SHA-256 of the canonical header (without the sha256 value itself), then the data pieces in order."""
     meta = {k: v for k, v in header["__metadata__"].items() if k != "sha256"}
     h = hashlib.sha256(canonical_json({**header, "__metadata__": meta}).encode())
-    h.update(data)
+    for piece in data_pieces:
+        h.update(piece)
     return h.hexdigest()
 
 
@@ -90,17 +91,13 @@ def serialize(arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> tuple[
     header: dict = {}
     offset, pieces = 0, []
     for name in sorted(arrays):
-        arr = np.ascontiguousarray(arrays[name])
-        arr = arr.astype(arr.dtype.newbyteorder("<"), copy=False)
+        arr = np.ascontiguousarray(arrays[name], dtype=arrays[name].dtype.newbyteorder("<"))
         n = arr.nbytes
-        header[name] = {"dtype": ST_NAMES[np.dtype(arr.dtype.str.replace(">", "<"))], "shape": [int(arr.size)], "data_offsets": [offset, offset + n]}
+        header[name] = {"dtype": ST_NAMES[arr.dtype.newbyteorder("=")], "shape": [int(arr.size)], "data_offsets": [offset, offset + n]}
         pieces.append(arr.reshape(-1).view(np.uint8))
         offset += n
     header["__metadata__"] = dict(metadata)
-    h = hashlib.sha256(canonical_json({**header, "__metadata__": {k: v for k, v in metadata.items() if k != "sha256"}}).encode())
-    for piece in pieces:
-        h.update(piece)
-    header["__metadata__"]["sha256"] = h.hexdigest()
+    header["__metadata__"]["sha256"] = _header_digest(header, pieces)
     text = canonical_json(header).encode()
     text += b" " * (-len(text) % 8)
     return struct.pack("<Q", len(text)) + text, pieces
@@ -113,7 +110,12 @@ def write_packed(ckpt: dict, path: str | os.PathLike, entropy: str = "none", fp1
         f.write(head)
         for piece in pieces:
             f.write(piece)
-    return {"bytes": os.path.getsize(path), "layers": len(spec["layers"]), "entropy": entropy}
+    return packed_info(spec, os.path.getsize(path))
+
+
+def packed_info(spec: dict, nbytes: int) -> dict:
+    """What packing reports (and the pack stage records in the history) for a file of `nbytes` with this spec."""
+    return {"bytes": nbytes, "layers": len(spec["layers"]), "entropy": spec["entropy"]}
 
 
 def invalid_file(path, what: str) -> UserError:
@@ -150,7 +152,7 @@ def read_packed(path: str | os.PathLike) -> tuple[dict, Blobs]:
         raise UserError(f"{p} is .dnc version {str(version)[:20]}, this dnncompress reads versions {', '.join(READS)}; upgrade dnncompress")
     if not all(isinstance(v, str) for v in meta.values()):
         raise invalid_file(p, "metadata values must be strings")
-    arrays, covered = {}, 0
+    arrays, spans = {}, []
     for name, info in header.items():
         if name == "__metadata__":
             continue
@@ -166,13 +168,13 @@ def read_packed(path: str | os.PathLike) -> tuple[dict, Blobs]:
         count = shape[0] if len(shape) == 1 else -1
         if count < 0 or not 0 <= start <= end <= len(data) or end - start != count * np.dtype(dtype).itemsize:
             raise invalid_file(p, f"tensor '{name}' does not fit the file (truncated?)")
-        covered += end - start
+        spans.append((start, end))
         arrays[name] = np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<"), count=count, offset=start)
-    spans = sorted((int(i["data_offsets"][0]), int(i["data_offsets"][1])) for n, i in header.items() if n != "__metadata__")
-    if any(a[1] != b[0] for a, b in zip(spans, spans[1:])) or (spans and spans[0][0] != 0) or covered != len(data):
+    spans.sort()
+    if any(a[1] != b[0] for a, b in zip(spans, spans[1:])) or (spans[0][0] if spans else 0) != 0 or (spans[-1][1] if spans else 0) != len(data):
         raise invalid_file(p, "tensor data overlaps, leaves gaps or has trailing bytes")
     spec_json = meta.get("spec", "")
-    digest = _header_digest(header, data) if version == "2" else _digest(spec_json, arrays)
+    digest = _header_digest(header, [data]) if version == "2" else _digest(spec_json, arrays)
     if digest != meta.get("sha256"):
         raise invalid_file(p, "SHA-256 mismatch (corrupted or modified)")
     spec = _json_loads(spec_json, p, "spec")

@@ -62,8 +62,16 @@ class Context:
     resume: bool = False  # continue a killed stage from its snapshots
     snapshot_every: int = 200  # optimizer steps between snapshots (and one at each epoch end); 0 = none
     snapshot_dir: Path | None = None  # set by `execute` for the stage being run
-    stage_key: str = ""  # set by `execute`: what makes a memoized phase result valid for this stage
+    stage: tuple | None = None  # set by `execute`: (name, params, input checkpoint) of the stage being run
     _cache: dict = field(default_factory=dict)
+
+    @property
+    def stage_key(self) -> str:
+        """What makes a snapshot or memoized phase valid for the running stage; hashed only when asked for
+        (stages that never snapshot never pay for hashing their input's weights)."""
+        if "stage_key" not in self._cache:
+            self._cache["stage_key"] = stage_key(*self.stage) if self.stage else ""
+        return self._cache["stage_key"]
 
     def snapshots(self, phase: str):
         """Snapshot settings for one training phase of the running stage, or None when off."""
@@ -126,7 +134,8 @@ def execute(name: str, params: Any, ckpt: dict | None, out_path: Path, ctx: Cont
         check_writable_dir(Path(out_path).parent)
         check_writable_dir(state_dir(ctx.run_dir), "every output is recorded in .dnncompress-state.json there: run from a writable directory")
     ctx.snapshot_dir = snapshot_dir_for(out_path)
-    ctx.stage_key = stage_key(name, params, ckpt)
+    ctx.stage = (name, params, ckpt)
+    ctx._cache.pop("stage_key", None)
     if not ctx.resume and main_process:
         shutil.rmtree(ctx.snapshot_dir, ignore_errors=True)  # a fresh run: an earlier run's snapshots are not ours
     t0 = time.perf_counter()
@@ -148,7 +157,8 @@ def execute(name: str, params: Any, ckpt: dict | None, out_path: Path, ctx: Cont
             Path(out_path).unlink(missing_ok=True)  # no output without its state record
             raise
         shutil.rmtree(ctx.snapshot_dir, ignore_errors=True)  # the output is complete: nothing left to resume
-    ctx.snapshot_dir = None
+    ctx.snapshot_dir, ctx.stage = None, None
+    ctx._cache.pop("stage_key", None)
     result["seconds"] = round(seconds, 3)
     return out.checkpoint, result
 
@@ -164,10 +174,10 @@ def stage_key(name: str, params: Any, ckpt: dict | None) -> str:
     import hashlib
     import json
 
+    from ..train import hash_tensors
+
     h = hashlib.sha256(json.dumps({"stage": name, "params": params_dict(params)}, sort_keys=True, default=str).encode())
-    for key, t in sorted(((ckpt or {}).get("state_dict") or {}).items()):
-        h.update(key.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    hash_tensors(h, (ckpt or {}).get("state_dict") or {})
     for group in ("masks", "quant"):
         h.update(repr(sorted(((ckpt or {}).get(group) or {}).keys())).encode())
     return h.hexdigest()

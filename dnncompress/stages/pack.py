@@ -1,7 +1,6 @@
 """The `pack` stage: write the .dnc (the product). Its size on disk is what `report` shows."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,33 +15,23 @@ class PackParams:
     fp16: bool = False  # store fp leftovers (biases, BN) as fp16: smaller, not lossless
 
 
-def packed_result(path) -> dict:
-    """What the pack stage reports (and records in the history) for the file at `path`."""
-    from ..pack import read_packed
+def packed_already(ckpt: dict, p: PackParams, path) -> dict | None:
+    """The pack result when `path` holds exactly the bytes that packing `ckpt` with `p` gives (packing is
+    deterministic), else None."""
+    from ..pack.container import build_packed, packed_info, serialize
 
-    spec, _ = read_packed(path)
-    return {"bytes": os.path.getsize(path), "layers": len(spec["layers"]), "entropy": spec.get("entropy")}
-
-
-def packs_to(ckpt: dict, p: PackParams, path) -> bool:
-    """True when `path` holds exactly the bytes that packing `ckpt` with `p` gives (packing is deterministic)."""
-    from ..pack.container import build_packed, serialize
-
-    head, pieces = serialize(*build_packed(ckpt, p.entropy, p.fp16)[:2])
+    arrays, metadata, spec = build_packed(ckpt, p.entropy, p.fp16)
+    head, pieces = serialize(arrays, metadata)
     try:
         with open(path, "rb") as f:
-            if f.read(len(head)) != head:
-                return False
-            return all(f.read(piece.nbytes) == piece.tobytes() for piece in pieces) and not f.read(1)
+            if f.read(len(head)) != head or not all(f.read(piece.nbytes) == piece.tobytes() for piece in pieces) or f.read(1):
+                return None
     except OSError:
-        return False
+        return None
+    return packed_info(spec, len(head) + sum(piece.nbytes for piece in pieces))
 
 
 @register_stage("pack", PackParams, suffix="packed", ext=".dnc")
 def pack_stage(ckpt, p: PackParams, ctx: Context) -> StageOutput:
     """Pack a checkpoint into a .dnc file (safetensors container)."""
-    def write(path):
-        write_packed(ckpt, path, p.entropy, p.fp16)
-        return packed_result(path)
-
-    return StageOutput(ckpt, {}, writer=write)
+    return StageOutput(ckpt, {}, writer=lambda path: write_packed(ckpt, path, p.entropy, p.fp16))
