@@ -76,7 +76,7 @@ def layer_summary(name: str, module: nn.Module) -> dict:
         "layer": name, "scheme": q.describe(), "bits": q.bits, "per_channel": q.per_channel,
         "params": w.numel(), "nonzeros": int((wq != 0).sum()),
         "distinct_values": int(torch.unique(wq).numel()),
-        "levels": [round(v, 6) for v in q.levels[0].tolist()] if q.levels.shape[0] == 1 else f"{q.levels.shape[0]} rows × {q.levels.shape[1]}",
+        **q.summary(),
         "rel_error": err,
     }
 

@@ -19,11 +19,8 @@ import torch
 
 from .pack import vet_packed
 from .pack.container import invalid_file, restore, write_packed
-from .pack.layers import Blobs, fragment_bytes
+from .pack.layers import ITEMSIZE, fragment_bytes
 from .surgery import weight_key
-
-ITEMSIZE = {k: np.dtype(v).itemsize for k, v in Blobs.DTYPES.items()}
-
 
 _ST_DTYPE = {torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL"}
 
@@ -54,24 +51,24 @@ def _count_bytes(spec: dict, row) -> None:
         numel = int(np.prod(layer["s"]))
         kept = int(layer.get("nk", numel))
         r["params"] += numel
-        if layer["k"] == "q":
+        if layer["k"] == "q":  # the scheme's storage: a code stream and its tables, whatever they are called
             r["scheme"] = layer["q"]["scheme"] + (" (Huffman)" if "h" in layer["c"] else "")
-            r["bits"] = layer["q"]["bits"]
-            r["codes"] += fragment_bytes(layer["c"], ITEMSIZE)
-            r["codebook"] += (layer["lv"][1] + layer["th"][1]) * 4
+            r["bits"] = layer["cb"]
+            r["codes"] += fragment_bytes(layer["c"])
+            r["codebook"] += sum(ref[1] * ITEMSIZE[kind] for kind, ref, _ in layer["t"].values())
         else:
             r["scheme"] = "pruned fp"
             r["fp"] += layer["v"][1][1] * ITEMSIZE[layer["v"][0]]
         r["nonzeros"] += kept
         if "x" in layer:
-            r["index"] += fragment_bytes(layer["x"], ITEMSIZE)
+            r["index"] += fragment_bytes(layer["x"])
             r["layout"] = layer["x"]["l"] + (f" {layer['x']['g']}-bit" if layer["x"]["l"] == "gaps" else "")
-    for key, shape, kind, ref in spec["leftovers"]:
+    for key, shape, kind, ref, *_ in spec["leftovers"]:
         r = row(_module_of(key))
         n = int(np.prod(shape))
         r["params"] += n
         r["nonzeros"] += n
-        r["fp"] += ref[1] * ITEMSIZE[kind]
+        r["fp"] += 0 if kind == "tie" else ref[1] * ITEMSIZE[kind]  # a tied tensor is stored once, under its first name
 
 
 def report_packed(dnc_path: str | os.PathLike, fp32_bytes: int | None = None, arch: str | None = None, trust: bool = False) -> dict:
@@ -102,8 +99,8 @@ def report_packed(dnc_path: str | os.PathLike, fp32_bytes: int | None = None, ar
     if fp32_bytes is None:
         if expected is None:  # no architecture recorded: the shapes the spec declares (all bounded by the file)
             expected = {weight_key(layer["n"]): torch.empty(layer["s"], device="meta") for layer in spec["layers"]}
-            expected.update({k: torch.empty(s, device="meta", dtype=torch.int64 if kind == "i64" else torch.float32)
-                             for k, s, kind, _ in spec["leftovers"]})
+            expected.update({k: torch.empty(s, device="meta", dtype=torch.int64 if kind in ("i64", "u8") else torch.float32)
+                             for k, s, kind, *_ in spec["leftovers"]})
         fp32_bytes = fp32_file_bytes(expected)
     total_params = sum(r["params"] for r in out_rows)
     return {"file": str(dnc_path), "arch": spec.get("arch"), "entropy": spec.get("entropy"), "layers": out_rows,

@@ -92,7 +92,7 @@ def check_quant(quant, expected: dict[str, torch.Tensor], source) -> None:
 
 
 def check_quant_state(q, shape: tuple, where: str) -> None:
-    """Structure of one quantizer state: scheme, bits, level/threshold tables that fit the layer."""
+    """Structure of one quantizer state: a known scheme, bits, plain options, and what the scheme checks."""
     from .quant import SCHEMES
 
     if not isinstance(q, dict):
@@ -107,15 +107,10 @@ def check_quant_state(q, shape: tuple, where: str) -> None:
         raise UserError(f"{where}: bad quantizer options (per_channel, refit)")
     if not all(isinstance(k, str) and isinstance(v, (str, int, float, bool, type(None))) for k, v in options.items()):
         raise UserError(f"{where}: quantizer options must be plain values")
-    levels, thresholds = q.get("levels"), q.get("thresholds")
-    for what, t in (("levels", levels), ("thresholds", thresholds)):
-        if not isinstance(t, torch.Tensor) or t.dim() != 2 or not t.dtype.is_floating_point:
-            raise UserError(f"{where}: {what} must be a 2-D float table")
-        if not bool(torch.isfinite(t).all()):
-            raise UserError(f"{where}: {what} hold non-finite values")
-    rows, width = levels.shape
-    if rows not in (1, shape[0] if shape else 1) or not 1 <= width <= (1 << bits) or tuple(thresholds.shape) != (rows, width - 1):
-        raise UserError(f"{where}: a {rows}×{width} codebook does not fit a {bits}-bit layer of shape {shape}")
+    try:
+        SCHEMES.get(scheme).check_state(q, shape)  # the scheme knows what its own state holds
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise UserError(f"{where}: {str(e)[:200] or type(e).__name__}") from None
 
 
 def check_checkpoint(ckpt: dict, source, named: str | None = None, trust: bool = False) -> None:

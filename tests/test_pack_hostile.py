@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from dnncompress.cli import main
 from dnncompress.errors import UserError
 from dnncompress.pack import checkpoint_from_packed, save_packed
-from dnncompress.pack.container import FORMAT, serialize
+from dnncompress.pack.container import FORMAT, VERSION, serialize
 from tests.test_pack import linear_ckpt
 
 
@@ -30,7 +30,7 @@ def _forge(path, spec_edit, out):
     spec_edit(spec)
     from safetensors.numpy import load
 
-    head, pieces = serialize(load(data), {"format": FORMAT, "version": "2", "spec": json.dumps(spec)})
+    head, pieces = serialize(load(data), {"format": FORMAT, "version": str(VERSION), "spec": json.dumps(spec)})
     out.write_bytes(head + b"".join(p.tobytes() for p in pieces))
     return out
 
@@ -52,7 +52,8 @@ def test_malicious_shape_is_refused_without_allocating(packed, tmp_path):
         checkpoint_from_packed(_forge(path, huge_model, tmp_path / "huge_model.dnc"))
 
     def lying_offsets(spec):
-        spec["layers"][0]["lv"] = [10**12, 32]
+        table = next(iter(spec["layers"][0]["t"].values()))
+        table[1] = [10**12, 32]
 
     with pytest.raises(UserError, match="outside"):
         checkpoint_from_packed(_forge(path, lying_offsets, tmp_path / "offsets.dnc"))
@@ -62,10 +63,12 @@ def test_wrong_version_and_wrong_format(packed, tmp_path):
     path, _ = packed
     data = path.read_bytes()
     (hlen,) = struct.unpack("<Q", data[:8])
-    header = data[8 : 8 + hlen].replace(b'"version":"2"', b'"version":"9"')
-    (tmp_path / "v9.dnc").write_bytes(data[:8] + header + data[8 + hlen :])
-    with pytest.raises(UserError, match="version 9"):
-        checkpoint_from_packed(tmp_path / "v9.dnc")
+    for old, needle in ((b"9", "version 9.*upgrade dnncompress"), (b"2", "version 2 .*dnncompress pack CKPT -o v2.dnc")):
+        header = data[8 : 8 + hlen].replace(f'"version":"{VERSION}"'.encode(), b'"version":"' + old + b'"')
+        name = f"v{old.decode()}.dnc"
+        (tmp_path / name).write_bytes(data[:8] + header + data[8 + hlen :])
+        with pytest.raises(UserError, match=needle):  # a newer file, and an older one (with the command that re-creates it)
+            checkpoint_from_packed(tmp_path / name)
     import numpy as np
     from safetensors.numpy import save_file
 

@@ -7,7 +7,9 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError
-from .container import FORMAT, VERSION, invalid_file, read_packed, restore, write_packed
+from ..quant import SCHEMES
+from ..surgery import weight_key
+from .container import FORMAT, NATURAL, VERSION, invalid_file, read_packed, restore, write_packed
 
 __all__ = ["FORMAT", "VERSION", "check_spec", "checkpoint_from_packed", "load_packed", "read_packed", "save_packed", "vet_packed", "write_packed"]
 
@@ -50,8 +52,6 @@ def vet_packed(path: str | os.PathLike, arch: str | None = None, trust: bool = F
 def check_spec(spec: dict, expected: dict | None, path) -> None:
     """Layer and leftover entries well-formed, each key once, and (given the architecture) the same
     keys, shapes and kinds of dtype as the architecture: no allocation can exceed the model's size."""
-    from ..surgery import weight_key
-
     seen = set()
 
     def claim(key, shape, what):
@@ -76,22 +76,46 @@ def check_spec(spec: dict, expected: dict | None, path) -> None:
         if "x" in layer and (not isinstance(layer["x"], dict) or layer["x"].get("l") not in ("bitmap", "gaps")):
             raise invalid_file(path, f"layer '{layer['n']}' has an unknown sparse layout")
         if layer["k"] == "q":
-            from ..quant import SCHEMES
-
-            q = layer.get("q")
+            q, tables = layer.get("q"), layer.get("t")
             if not isinstance(q, dict) or q.get("scheme") not in SCHEMES:
                 raise invalid_file(path, f"layer '{layer['n']}' names an unknown quantization scheme")
+            if not isinstance(tables, dict) or not all(isinstance(e, list) and len(e) == 3 for e in tables.values()):
+                raise invalid_file(path, f"layer '{layer['n']}' has malformed tables")
+    ties = []
     for entry in spec["leftovers"]:
-        if not isinstance(entry, list) or len(entry) != 4 or entry[2] not in ("fp32", "fp16", "i64"):
+        if not isinstance(entry, list) or len(entry) not in (4, 5) or entry[2] not in (*NATURAL, "tie"):
             raise invalid_file(path, "a leftover entry is malformed")
-        key, shape, kind, _ = entry
+        key, shape, kind = entry[:3]
         claim(key, shape, "tensor")
-        if expected is not None and expected[key].dtype.is_floating_point != (kind != "i64"):
+        if kind == "tie":
+            ties.append(entry)
+        elif expected is not None and expected[key].dtype.is_floating_point != NATURAL[kind].is_floating_point:
             raise invalid_file(path, f"'{key}' is stored as {kind}, the architecture needs {expected[key].dtype}")
+    for key, _shape, _, target, *_ in ties:
+        if target not in seen or target in {t[0] for t in ties}:
+            raise invalid_file(path, f"'{key}' is tied to {str(target)[:60]!r}, which the file does not store")
     if expected is not None:
         missing = [k for k in expected if k not in seen]
         if missing:
             raise invalid_file(path, f"'{missing[0]}' of the architecture is missing ({len(missing)} missing)")
+
+
+def _tie_groups(model: nn.Module) -> list[list[str]]:
+    """Names of parameters/buffers that are one object in `model` (tied weights), in groups of 2+."""
+    groups: dict[int, list[str]] = {}
+    for name, t in [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]:
+        groups.setdefault(id(t), []).append(name)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _retie(model: nn.Module, groups: list[list[str]]) -> None:
+    """`load_state_dict(assign=True)` gives each name its own Parameter: make tied names one object again."""
+    for first, *others in groups:
+        owner, _, attr = first.rpartition(".")
+        shared = getattr(model.get_submodule(owner), attr)
+        for name in others:
+            mod, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(mod), attr, shared)
 
 
 def checkpoint_from_packed(path: str | os.PathLike, arch: str | None = None, trust: bool = False, model: nn.Module | None = None) -> dict:
@@ -108,7 +132,7 @@ def checkpoint_from_packed(path: str | os.PathLike, arch: str | None = None, tru
     if expected is not None:
         from ..validate import check_masks, check_quant, check_state
 
-        for key, t in state.items():  # the file stores fp32/fp16/i64: give back the model's own dtypes
+        for key, t in state.items():  # the file records dtypes; a model named by the caller decides
             if t.dtype != expected[key].dtype:
                 state[key] = t.to(expected[key].dtype)
         check_state(state, expected, spec["arch"] or "the model", path)
@@ -132,7 +156,9 @@ def load_packed(path: str | os.PathLike, model: nn.Module | None = None, trust: 
 
     with torch.device("meta"):  # no memory for weights that are about to be replaced
         model = build_model(ckpt["arch"], ckpt["arch_kwargs"])
+    ties = _tie_groups(model)
     model.load_state_dict(ckpt["state_dict"], assign=True)  # adopt the decoded tensors: no second copy
+    _retie(model, ties)
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):  # a non-persistent buffer: build for real
         model = build_model(ckpt["arch"], ckpt["arch_kwargs"])
         model.load_state_dict(ckpt["state_dict"])

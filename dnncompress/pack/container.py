@@ -1,6 +1,6 @@
 """The .dnc file: a standard safetensors container (no pickle) with JSON metadata.
 
-metadata: format, version, spec (JSON: model spec, layers, leftovers), sha256. Version 2's
+metadata: format, version, spec (JSON: model spec, layers, leftovers), sha256. The
 digest covers every byte that decides a weight: the canonical JSON of the whole header
 (tensor names, dtypes, shapes, offsets, metadata; only the sha256 value left out) and then the
 data section. Tensors: one 1-D array per blob kind (see layers.Blobs), each of its kind's
@@ -22,11 +22,14 @@ import torch
 from ..errors import UserError
 from ..fileio import require_file
 from ..surgery import weight_key
-from .layers import Blobs, decode_layer, encode_layer
+from .layers import Blobs, blob_to_tensor, decode_layer, encode_layer, tensor_to_blob
 
 FORMAT = "dnncompress-packed"
-VERSION = 2
-READS = ("1", "2")
+VERSION = 3
+READS = ("3",)
+DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.bool,
+                                                     torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)}
+NATURAL = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64, "i64": torch.int64, "u8": torch.uint8}
 MAX_HEADER = 64 << 20
 ST_DTYPES = {"U8": np.uint8, "U32": np.uint32, "F32": np.float32, "F16": np.float16, "I64": np.int64}
 ST_NAMES = {np.dtype(v): k for k, v in ST_DTYPES.items()}
@@ -37,20 +40,11 @@ def canonical_json(obj) -> str:
 
 
 def _header_digest(header: dict, data_pieces) -> str:
-    """Version 2: SHA-256 of the canonical header (without the sha256 value itself), then the data pieces in order."""
+    """SHA-256 of the canonical header (without the sha256 value itself), then the data pieces in order."""
     meta = {k: v for k, v in header["__metadata__"].items() if k != "sha256"}
     h = hashlib.sha256(canonical_json({**header, "__metadata__": meta}).encode())
     for piece in data_pieces:
         h.update(piece)
-    return h.hexdigest()
-
-
-def _digest(spec_json: str, arrays: dict[str, np.ndarray]) -> str:
-    """Version 1 (read only): spec and tensor bytes, not the descriptors; v1 files get strict descriptor checks instead."""
-    h = hashlib.sha256(spec_json.encode())
-    for name in sorted(arrays):
-        h.update(name.encode())
-        h.update(np.ascontiguousarray(arrays[name]).view(np.uint8).tobytes())
     return h.hexdigest()
 
 
@@ -68,21 +62,32 @@ def build_packed(ckpt: dict, entropy: str = "none", fp16: bool = False) -> tuple
             raise UserError(f"checkpoint has compression for '{name}' but no weight '{key}'")
         layers.append(encode_layer(blobs, name, state[key], masks.get(name), quant.get(name), entropy, fp16))
         handled.add(key)
-    leftovers = []
+    leftovers, first_of = [], {}
+    for key in [*sorted(handled), *state]:  # tied (shared) tensors: one name stores it (a layer if any), the others point to it
+        first_of.setdefault(_identity(state[key]), key)
     for key, t in state.items():
         if key in handled:
             continue
-        if t.is_floating_point():
-            kind = "fp16" if fp16 else "fp32"
-            leftovers.append([key, list(t.shape), kind, blobs.add(kind, t.detach().float().numpy())])
-        else:
-            leftovers.append([key, list(t.shape), "i64", blobs.add("i64", t.detach().long().numpy())])
+        shared = first_of[_identity(t)]
+        if shared != key:
+            leftovers.append([key, list(t.shape), "tie", shared])
+            continue
+        kind, ref = tensor_to_blob(blobs, t, fp16)
+        entry = [key, list(t.shape), kind, ref]
+        if NATURAL[kind] != t.dtype:
+            entry.append(str(t.dtype).removeprefix("torch."))
+        leftovers.append(entry)
     spec = {"arch": ckpt.get("arch"), "arch_kwargs": ckpt.get("arch_kwargs", {}), "dataset": ckpt.get("dataset", {}),
             "metrics": {k: v for k, v in (ckpt.get("metrics") or {}).items() if isinstance(v, (int, float, str))},
             "entropy": entropy, "fp16": fp16, "layers": layers, "leftovers": leftovers}
     arrays = blobs.finish()
     metadata = {"format": FORMAT, "version": str(VERSION), "spec": canonical_json(spec)}
     return arrays, metadata, spec
+
+
+def _identity(t: torch.Tensor) -> tuple:
+    """Two state_dict entries are one tied tensor when they view the same memory the same way."""
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype) if t.numel() else (id(t),)
 
 
 def serialize(arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> tuple[bytes, list[np.ndarray]]:
@@ -148,6 +153,9 @@ def read_packed(path: str | os.PathLike) -> tuple[dict, Blobs]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise invalid_file(p, "not a dnncompress packed file (format tag missing)")
     version = meta.get("version")
+    if version in ("1", "2"):
+        raise UserError(f"{p} is .dnc version {version} (an older dnncompress); this one reads version {VERSION}: "
+                        f"re-create it from its checkpoint with 'dnncompress pack CKPT -o {p.name}'")
     if version not in READS:
         raise UserError(f"{p} is .dnc version {str(version)[:20]}, this dnncompress reads versions {', '.join(READS)}; upgrade dnncompress")
     if not all(isinstance(v, str) for v in meta.values()):
@@ -174,7 +182,7 @@ def read_packed(path: str | os.PathLike) -> tuple[dict, Blobs]:
     if any(a[1] != b[0] for a, b in zip(spans, spans[1:])) or (spans[0][0] if spans else 0) != 0 or (spans[-1][1] if spans else 0) != len(data):
         raise invalid_file(p, "tensor data overlaps, leaves gaps or has trailing bytes")
     spec_json = meta.get("spec", "")
-    digest = _header_digest(header, [data]) if version == "2" else _digest(spec_json, arrays)
+    digest = _header_digest(header, [data])
     if digest != meta.get("sha256"):
         raise invalid_file(p, "SHA-256 mismatch (corrupted or modified)")
     spec = _json_loads(spec_json, p, "spec")
@@ -183,26 +191,45 @@ def read_packed(path: str | os.PathLike) -> tuple[dict, Blobs]:
     return spec, Blobs(arrays)
 
 
+def _dtype(name, default: torch.dtype) -> torch.dtype:
+    if name is None:
+        return default
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {str(name)[:20]!r}")
+    return DTYPES[name]
+
+
 def restore(spec: dict, blobs: Blobs, path="<packed>") -> tuple[dict, dict, dict]:
-    """(state_dict with dequantized weights, masks, quant states) from a verified spec."""
+    """(state_dict with dequantized weights in their recorded dtypes, masks, quant states) from a
+    verified spec; tied tensors come back as one tensor under each of their names."""
     state, masks, quant = {}, {}, {}
     try:
         for layer in spec["layers"]:
             weight, mask, q = decode_layer(blobs, layer)
             name = layer["n"]
-            state[weight_key(name)] = weight
+            state[weight_key(name)] = weight.to(_dtype(layer.get("d"), torch.float32))
             if mask is not None:
                 masks[name] = mask
             if q is not None:
                 quant[name] = q
-        for key, shape, kind, ref in spec["leftovers"]:
-            if kind not in ("fp32", "fp16", "i64"):
+        ties = []
+        for entry in spec["leftovers"]:
+            key, shape, kind, ref = entry[:4]
+            if kind == "tie":
+                ties.append((key, shape, ref))
+                continue
+            if kind not in NATURAL or len(entry) > 5:
                 raise ValueError(f"bad leftover kind {kind!r}")
-            raw = blobs.get(kind, ref)
-            if raw.size != int(np.prod(shape)):
+            t = blob_to_tensor(blobs, kind, ref)
+            if t.numel() != int(np.prod(shape)):
                 raise ValueError(f"leftover '{key}' size does not match its shape")
-            t = torch.from_numpy(raw.astype(np.float32 if kind != "i64" else np.int64)).reshape(shape)
-            state[key] = t
+            state[key] = t.reshape(shape).to(_dtype(entry[4] if len(entry) == 5 else None, NATURAL[kind]))
+        for key, shape, target in ties:
+            if target not in state or list(state[target].shape) != list(shape):
+                raise ValueError(f"'{key}' is tied to {str(target)[:60]!r}, which the file does not hold with that shape")
+            state[key] = state[target]
     except (ValueError, KeyError, TypeError, IndexError, OverflowError, MemoryError, AttributeError, RuntimeError, RecursionError) as e:
         raise invalid_file(path, (str(e).splitlines() or [type(e).__name__])[0][:160]) from None
+    except UserError as e:  # a scheme refusing its options
+        raise invalid_file(path, str(e)[:160]) from None
     return state, masks, quant

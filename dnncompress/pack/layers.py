@@ -1,7 +1,9 @@
 """Encode one layer's weights into blob pieces and decode them back, bit-exact.
 
-A layer is one of: `q` quantized (codes + levels, optionally sparse), `m` pruned only
-(fp values of the kept weights + index), or plain leftovers (written by the container).
+A layer is one of: `q` quantized (the scheme's Storage: a code stream plus its float tables,
+positions optionally sparse), `m` pruned only (fp values of the kept weights + index), or plain
+leftovers (written by the container). pack/ never looks inside a scheme: it bit-packs (or
+Huffman-codes) the codes, stores the tables, and hands both back to the scheme to decode.
 Pieces go into shared blobs (one safetensors tensor per kind) and the layer's spec records
 [offset, count] into each, so a small model does not pay a safetensors header per tensor.
 """
@@ -12,14 +14,15 @@ import math
 import numpy as np
 import torch
 
+from ..quant import Storage, quantizer_from_state, quantizer_from_storage
 from . import bitpack, huffman, sparse
 
 
 class Blobs:
     """Append-only typed arrays; `add` returns [offset, count] in elements."""
 
-    DTYPES = {"codes": np.uint32, "index": np.uint32, "levels": np.float32, "fp32": np.float32,
-              "fp16": np.float16, "i64": np.int64, "hlen": np.uint8, "hoff": np.uint32, "hdata": np.uint8}
+    DTYPES = {"codes": np.uint32, "index": np.uint32, "fp32": np.float32, "fp16": np.float16, "bf16": np.uint16,
+              "fp64": np.float64, "i64": np.int64, "u8": np.uint8, "hlen": np.uint8, "hoff": np.uint32, "hdata": np.uint8}
 
     def __init__(self, arrays: dict[str, np.ndarray] | None = None):
         self.parts: dict[str, list[np.ndarray]] = {k: [] for k in self.DTYPES}
@@ -42,6 +45,31 @@ class Blobs:
         if arr is None or off < 0 or count < 0 or off + count > arr.size:
             raise ValueError(f"reference {ref} is outside the '{kind}' blob")
         return arr[off : off + count]
+
+
+ITEMSIZE = {k: np.dtype(v).itemsize for k, v in Blobs.DTYPES.items()}
+FLOAT_KINDS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
+
+
+def tensor_to_blob(blobs: Blobs, t: torch.Tensor, fp16: bool = False) -> tuple[str, list[int]]:
+    """(kind, ref) of a tensor stored losslessly in its own kind (fp32 → fp16 only when asked)."""
+    t = t.detach().cpu().contiguous()
+    if t.is_floating_point():
+        kind = "fp16" if fp16 and t.dtype in (torch.float32, torch.float64) else FLOAT_KINDS.get(t.dtype, "fp32")
+        if kind == "bf16":
+            return kind, blobs.add(kind, t.view(torch.int16).numpy().view(np.uint16))
+        return kind, blobs.add(kind, t.to(torch.float32 if t.dtype not in FLOAT_KINDS else t.dtype).numpy())
+    if t.dtype in (torch.bool, torch.uint8):
+        return "u8", blobs.add("u8", t.to(torch.uint8).numpy())
+    return "i64", blobs.add("i64", t.long().numpy())
+
+
+def blob_to_tensor(blobs: Blobs, kind: str, ref) -> torch.Tensor:
+    """The 1-D tensor a (kind, ref) pair holds, in its kind's natural dtype (a copy, writable)."""
+    raw = blobs.get(kind, ref)
+    if kind == "bf16":
+        return torch.from_numpy(raw.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(raw.copy())
 
 
 def _entropy_or_plain(blobs: Blobs, symbols: np.ndarray, bits: int, entropy: str) -> dict:
@@ -68,38 +96,51 @@ def _symbols_back(blobs: Blobs, frag: dict, bits: int, n: int) -> np.ndarray:
     return bitpack.unpack(words, bits, n)
 
 
-def fragment_bytes(frag: dict, itemsize: dict) -> int:
+def fragment_bytes(frag: dict) -> int:
     if "h" in frag:
-        return sum(ref[1] * itemsize[k] for ref, k in zip(frag["h"], ("hlen", "hoff", "hdata")))
+        return sum(ref[1] * ITEMSIZE[k] for ref, k in zip(frag["h"], ("hlen", "hoff", "hdata")))
     return frag["w"][1] * 4
+
+
+def storage_bytes(storage: Storage) -> int:
+    """Bytes a scheme's storage costs in a .dnc (plain bit-packed codes + its tables), before any
+    sparse index or entropy coding: what the joint search prices a layer at."""
+    return bitpack.words_needed(storage.units, storage.code_bits) * 4 + sum(t.numel() * t.element_size() for t in storage.tables.values())
+
+
+def index_bytes(mask: torch.Tensor) -> int:
+    """Bytes of the smaller sparse layout of a mask (0 when nothing is pruned)."""
+    flat = mask.reshape(-1).cpu().numpy().astype(bool)
+    if flat.all():
+        return 0
+    _, g, entries, _ = sparse.best_layout(flat)
+    return bitpack.words_needed(entries.size, g) * 4
 
 
 def encode_layer(blobs: Blobs, name: str, weight: torch.Tensor, mask: torch.Tensor | None, quant: dict | None,
                  entropy: str = "none", fp16: bool = False) -> dict:
     """Spec entry for one compressed layer; its bytes go into `blobs`."""
     spec: dict = {"n": name, "s": list(weight.shape)}
+    if weight.dtype != torch.float32:
+        spec["d"] = str(weight.dtype).removeprefix("torch.")
     flat_mask = mask.reshape(-1).numpy().astype(bool) if mask is not None else None
     if flat_mask is not None:
         layout, g, entries, _ = sparse.best_layout(flat_mask)
         spec["x"] = {"l": layout, "g": g, "e": int(entries.size), **_entropy_or_plain(blobs, entries, g, entropy)}
         spec["nk"] = int(flat_mask.sum())
     if quant is not None:
-        from ..quant import quantizer_from_state
-
-        q = quantizer_from_state(quant)
-        codes = q.encode(weight.float()).reshape(-1).to(torch.uint8).numpy()
-        if flat_mask is not None:
-            codes = codes[flat_mask]
-        spec["k"] = "q"
-        spec["q"] = {"scheme": quant["scheme"], "bits": quant["bits"], "pc": quant["per_channel"],
-                     "refit": quant.get("refit", "fast"), "opt": quant.get("options", {})}
-        spec["lv"] = blobs.add("levels", quant["levels"].numpy())
-        spec["th"] = blobs.add("levels", quant["thresholds"].numpy())
-        spec["lvs"] = list(quant["levels"].shape)
-        spec["c"] = _entropy_or_plain(blobs, codes, quant["bits"], entropy)
+        st = quantizer_from_state(quant).storage(weight.float(), mask)
+        if not 1 <= st.code_bits <= 8:
+            raise ValueError(f"scheme '{quant['scheme']}' stores {st.code_bits}-bit codes; .dnc packs 1–8")
+        tables = {}
+        for key in sorted(st.tables):
+            kind, ref = tensor_to_blob(blobs, st.tables[key])
+            tables[key] = [kind, ref, list(st.tables[key].shape)]
+        spec.update({"k": "q", "q": st.meta, "t": tables, "cb": st.code_bits, "nc": st.units,
+                     "c": _entropy_or_plain(blobs, st.codes.reshape(-1).to(torch.uint8).numpy(), st.code_bits, entropy)})
     else:
         spec["k"] = "m"
-        values = weight.reshape(-1).numpy()[flat_mask]
+        values = weight.float().reshape(-1).numpy()[flat_mask]
         spec["v"] = [("fp16" if fp16 else "fp32"), blobs.add("fp16" if fp16 else "fp32", values)]
     return spec
 
@@ -108,14 +149,14 @@ MAX_ELEMENTS = 1 << 31
 
 
 def decode_layer(blobs: Blobs, spec: dict) -> tuple[torch.Tensor, torch.Tensor | None, dict | None]:
-    """(dequantized weight, mask or None, quant state or None) for one layer spec; validates sizes first."""
+    """(dequantized fp32 weight, mask or None, quant state or None) for one layer spec; validates sizes first."""
     shape = [int(d) for d in spec["s"]]
     if any(d < 0 for d in shape):
         raise ValueError("negative dimension")
     numel = math.prod(shape)
     if numel > MAX_ELEMENTS:
         raise ValueError(f"claims {numel:,} elements")
-    mask = None
+    mask = positions = None
     if "x" in spec:
         x = spec["x"]
         g, n_entries = int(x["g"]), int(x["e"])
@@ -130,59 +171,32 @@ def decode_layer(blobs: Blobs, spec: dict) -> tuple[torch.Tensor, torch.Tensor |
         flat = np.zeros(numel, dtype=bool)
         flat[positions] = True
         mask = torch.from_numpy(flat.reshape(shape))
-        kept = positions.size
-    else:
-        kept = numel
     if spec["k"] == "q":
-        qs = spec["q"]
-        bits = int(qs["bits"])
-        if not 1 <= bits <= 8:
-            raise ValueError("bad bit width")
-        rows, width = (int(v) for v in spec["lvs"])
-        levels = blobs.get("levels", spec["lv"])
-        thresholds = blobs.get("levels", spec["th"])
-        if levels.size != rows * width or thresholds.size != rows * (width - 1) or width > (1 << bits):
-            raise ValueError("codebook size does not match the layer")
-        if rows not in (1, shape[0] if shape else 1):
-            raise ValueError("per-channel rows do not match the shape")
-        codes = _symbols_back(blobs, spec["c"], bits, kept)
-        if codes.size and int(codes.max()) >= width:
-            raise ValueError("code out of range")
-        lv = levels.reshape(rows, width)
-        values = _dequantize(lv, codes, positions if mask is not None else None, numel // max(rows, 1))
-        quant = {"scheme": qs["scheme"], "bits": bits, "per_channel": bool(qs["pc"]), "refit": qs.get("refit", "fast"),
-                 "options": dict(qs.get("opt", {})), "levels": torch.from_numpy(lv.copy()),
-                 "thresholds": torch.from_numpy(thresholds.reshape(rows, width - 1).copy())}
-    elif spec["k"] == "m":
-        kind, ref = spec["v"]
-        if kind not in ("fp32", "fp16"):
-            raise ValueError("bad value blob")
-        raw = blobs.get(kind, ref)
-        if raw.size != kept:
-            raise ValueError("value count does not match the index")
-        values = torch.from_numpy(raw.astype(np.float32))
-        quant = None
-    else:
+        tables = {}
+        for key, entry in spec["t"].items():
+            kind, ref, tshape = entry
+            if kind not in ("fp32", "fp16"):
+                raise ValueError("bad table kind")
+            t = blob_to_tensor(blobs, kind, ref)
+            if t.numel() != math.prod(int(d) for d in tshape):
+                raise ValueError(f"table '{key}' size does not match its shape")
+            tables[key] = t.reshape([int(d) for d in tshape])
+        q = quantizer_from_storage(spec["q"], tables, tuple(shape))
+        bits, units = int(spec["cb"]), int(spec["nc"])
+        if not 1 <= bits <= 8 or not 0 <= units <= numel:
+            raise ValueError("bad code stream header")
+        codes = torch.from_numpy(_symbols_back(blobs, spec["c"], bits, units).astype(np.uint8))
+        return q.decode_storage(codes, tuple(shape), mask), mask, q.export_state()
+    if spec["k"] != "m":
         raise ValueError(f"unknown layer kind {spec['k']!r}")
+    kind, ref = spec["v"]
+    if kind not in ("fp32", "fp16"):
+        raise ValueError("bad value blob")
+    values = blob_to_tensor(blobs, kind, ref).float()
+    if values.numel() != (positions.size if positions is not None else numel):
+        raise ValueError("value count does not match the index")
     if mask is None:
-        return values.reshape(shape), None, quant
+        return values.reshape(shape), None, None
     dense = torch.zeros(numel, dtype=torch.float32)
     dense[torch.from_numpy(positions)] = values
-    return dense.reshape(shape), mask, quant
-
-
-CHUNK = 1 << 20
-
-
-def _dequantize(levels: np.ndarray, codes: np.ndarray, positions: np.ndarray | None, row_len: int) -> torch.Tensor:
-    """levels[row, code] for every code, in chunks so no n-sized int64 temporaries exist at once."""
-    out = np.empty(codes.size, dtype=np.float32)
-    rows = levels.shape[0]
-    for start in range(0, codes.size, CHUNK):
-        c = codes[start : start + CHUNK].astype(np.intp)
-        if rows == 1:
-            out[start : start + c.size] = levels[0][c]
-        else:
-            pos = positions[start : start + c.size] if positions is not None else np.arange(start, start + c.size)
-            out[start : start + c.size] = levels[pos // row_len, c]
-    return torch.from_numpy(out)
+    return dense.reshape(shape), mask, None

@@ -14,31 +14,23 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from ..pack import bitpack
-from ..pack.sparse import best_layout
+from ..pack.layers import index_bytes, storage_bytes
+from ..quant import make_quantizer
+from ..surgery import shadow_weight, shadow_weights_replaced
 from .magnitude import effective_magnitude, keep_top
 
 SPARSITIES = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99)
 BITS = (2, 3, 4, 5, 6, 8)
 
 
-def layer_bytes(mask: torch.Tensor, bits: int) -> int:
-    """Packed bytes of one layer: code words, the smaller sparse layout (if pruned), the codebook."""
-    kept = int(mask.sum())
-    codes = bitpack.words_needed(kept, bits) * 4
-    index = 0
-    if kept < mask.numel():
-        _, g, entries, _ = best_layout(mask.reshape(-1).numpy())
-        index = bitpack.words_needed(entries.size, g) * 4
-    return codes + index + (2 ** bits * 2 - 1) * 4
+def layer_bytes(quantizer, weight: torch.Tensor, mask: torch.Tensor) -> int:
+    """Packed bytes of one layer, as the scheme stores it (codes + tables) plus the smaller sparse layout."""
+    return storage_bytes(quantizer.storage(weight, mask)) + index_bytes(mask)
 
 
 @torch.no_grad()
 def scan(layers: dict[str, nn.Module], accuracy: Callable[[], float], sparsities=SPARSITIES, bits=BITS, progress=None) -> dict:
     """{layer: [(s, b, drop, bytes), ...]} plus the baseline accuracy."""
-    from ..quant import make_quantizer
-    from ..surgery import shadow_weight, shadow_weights_replaced
-
     base = accuracy()
     table, done, total = {}, 0, len(layers) * len(sparsities) * len(bits)
     for name, module in layers.items():
@@ -49,7 +41,7 @@ def scan(layers: dict[str, nn.Module], accuracy: Callable[[], float], sparsities
             for b in bits:
                 q = make_quantizer("codebook", bits=b).fit(original, mask).eval()
                 with shadow_weights_replaced({module: q(original, mask)}):
-                    rows.append((s, b, base - accuracy(), layer_bytes(mask, b)))
+                    rows.append((s, b, base - accuracy(), layer_bytes(q, original, mask)))
                 done += 1
                 if progress:
                     progress({"kind": "scan", "done": done, "total": total, "info": f"{name} s={s:.2f} b={b}"})

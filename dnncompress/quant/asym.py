@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import SCHEMES, Quantizer
+from .base import SCHEMES, ScalarQuantizer, check_table
 from .exact import fourval_alpha, fourval_refine, ternary_alpha, ternary_refine
 
 
@@ -18,8 +18,15 @@ def _halves(rows, valid):
 
 
 @SCHEMES.register("asym-ternary")
-class AsymTernary(Quantizer):
+class AsymTernary(ScalarQuantizer):
     scheme = "asym-ternary"
+
+    def _tables(self):
+        return {"alpha": torch.cat([self.levels[:, 2:3], -self.levels[:, 0:1]], 1).detach().float().cpu()}  # (αp, αn) per row
+
+    def _from_tables(self, tables, rows):
+        a = check_table(tables, "alpha", (rows, 2))
+        return self._table(a[:, 0:1], a[:, 1:2])
 
     @property
     def num_levels(self) -> int:
@@ -41,8 +48,15 @@ class AsymTernary(Quantizer):
 
 
 @SCHEMES.register("asym-quaternary")
-class AsymQuaternary(Quantizer):
+class AsymQuaternary(ScalarQuantizer):
     scheme = "asym-quaternary"
+
+    def _tables(self):
+        return {"alpha": torch.cat([self.levels[:, 2:3], -self.levels[:, 1:2]], 1).detach().float().cpu()}  # (αp, αn) per row
+
+    def _from_tables(self, tables, rows):
+        a = check_table(tables, "alpha", (rows, 2))
+        return self._table(a[:, 0:1], a[:, 1:2])
 
     @staticmethod
     def _table(ap, an):

@@ -1,15 +1,26 @@
-"""The quantizer contract shared by every scheme.
+"""The contract every quantization scheme owns, and the scalar level-table machinery most share.
 
-A fitted quantizer is a table of `levels` per row (shape C×L; C = output channels when
-per-channel, else 1) and ascending decision `thresholds` (C×(L−1)). Then
-  encode(w) = searchsorted(thresholds, w)        (codes 0..L−1)
-  decode(c) = levels.gather(c)
-  fake_quantize(w) = decode(encode(w)) in value, identity in gradient (STE),
-so decode(encode(w)) equals fake_quantize(w) bit for bit. Schemes differ only in how
-they fit levels and thresholds (`_fit`) and in the cheap per-step update used in QAT (`_refine`).
+A scheme is a codec for one layer's weight:
+  fit(w, mask) / forward(w, mask)          fake-quantize with a straight-through gradient (QAT);
+  export_state() / load_state(state)       the checkpoint form (what training needs to go on);
+  storage(w, mask) → Storage               the packed form: one integer code per stored unit and the
+                                           minimal float tables that define the layer;
+  quantizer_from_storage(meta, tables)     rebuild the quantizer from the packed form, then
+      .decode_storage(codes, shape, mask)  the dense weight, equal bit for bit to forward().
+pack/ only knows "a stream of b-bit codes, maybe entropy-coded, positions maybe sparse" and
+"small float tables"; report and the joint search count bytes from Storage. No module outside a
+scheme's file names that scheme's tables.
+
+Scalar schemes (`ScalarQuantizer`) hold a table of `levels` per row (C×L; C = output channels
+when per-channel, else 1) and ascending decision `thresholds` (C×(L−1)):
+  encode(w) = searchsorted(thresholds, w), decode(c) = levels.gather(c),
+so decode(encode(w)) equals fake_quantize(w) bit for bit. They differ in how they fit the table
+(`_fit`), the cheap per-step QAT update (`_refine`) and which few numbers define it (`_tables`,
+`_from_tables`: four-value stores one α per row, not 7 floats).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -19,6 +30,7 @@ from ..errors import UserError
 from ..registry import Registry
 
 SCHEMES: Registry[type[Quantizer]] = Registry("quantization scheme")
+CHUNK = 1 << 20
 
 
 class StraightThrough(torch.autograd.Function):
@@ -33,7 +45,41 @@ class StraightThrough(torch.autograd.Function):
         return grad, None
 
 
+@dataclass
+class Storage:
+    """A layer's packed form: `codes` (1-D integers < 2**code_bits, one per unit the scheme stores,
+    in the scheme's order), `tables` (float32 or float16 tensors: scales, codebooks, centroids) and
+    `meta` (small plain values; with the tables enough to rebuild the quantizer)."""
+
+    meta: dict
+    tables: dict[str, torch.Tensor]
+    codes: torch.Tensor
+    code_bits: int
+    units: int = field(default=-1)  # how many codes; -1: codes.numel()
+
+    def __post_init__(self):
+        if self.units < 0:
+            self.units = int(self.codes.numel())
+
+
+def _plain(value) -> bool:
+    return isinstance(value, (str, int, float, bool, type(None)))
+
+
+def check_table(tables: dict, name: str, shape: tuple, where: str = "") -> torch.Tensor:
+    """A table the scheme needs: present, float, finite and of exactly this shape (ValueError if not)."""
+    t = tables.get(name)
+    if not isinstance(t, torch.Tensor) or not t.dtype.is_floating_point or tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{where}table '{name}' must be a float tensor of shape {tuple(shape)}")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{where}table '{name}' holds non-finite values")
+    return t.float()
+
+
 class Quantizer(nn.Module):
+    """The contract (see the module docstring). Subclasses set the class attributes and implement
+    fit, forward, export_state/load_state, check_state, storage, _load_tables and decode_storage."""
+
     scheme: str = ""
     default_bits: int = 2
     bit_range: tuple[int, int] = (2, 2)
@@ -61,11 +107,54 @@ class Quantizer(nn.Module):
         self.per_channel = bool(per_channel)
         self.refit = refit
         self.options = dict(options)
-        self.register_buffer("levels", torch.zeros(1, self.num_levels))
-        self.register_buffer("thresholds", torch.zeros(1, self.num_levels - 1))
         self.fitted = False
 
-    # ------------------------------------------------------------------ scheme API
+    # ------------------------------------------------------------------ what every scheme provides
+    def fit(self, w: torch.Tensor, mask: torch.Tensor | None = None) -> Quantizer:
+        raise NotImplementedError
+
+    def meta(self) -> dict:
+        """Plain values that, with the tables, rebuild this quantizer (the packed file stores them as is)."""
+        return {"scheme": self.scheme, "bits": self.bits, "per_channel": self.per_channel, "refit": self.refit,
+                "options": dict(self.options)}
+
+    def export_state(self) -> dict:
+        return self.meta()
+
+    def load_state(self, state: dict) -> Quantizer:
+        raise NotImplementedError
+
+    @classmethod
+    def check_state(cls, state: dict, shape: tuple) -> None:
+        """Raise ValueError unless `state` (already known to name this scheme) fits a weight of `shape`."""
+
+    def storage(self, w: torch.Tensor, mask: torch.Tensor | None = None) -> Storage:
+        raise NotImplementedError
+
+    def _load_tables(self, tables: dict[str, torch.Tensor], shape: tuple) -> None:
+        """Adopt the packed tables (checked against the layer's shape; ValueError if they do not fit)."""
+        raise NotImplementedError
+
+    def decode_storage(self, codes: torch.Tensor, shape: tuple, mask: torch.Tensor | None) -> torch.Tensor:
+        """The dense fp32 weight (zeros where masked) from the stored codes; ValueError on a bad count or code."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.scheme
+
+    def summary(self) -> dict:
+        """Human-facing facts for `quantize`'s table (values, sizes); plain values only."""
+        return {}
+
+
+class ScalarQuantizer(Quantizer):
+    """One code per kept weight, looked up in a per-row table of levels (see the module docstring)."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.register_buffer("levels", torch.zeros(1, self.num_levels))
+        self.register_buffer("thresholds", torch.zeros(1, self.num_levels - 1))
+
     @property
     def num_levels(self) -> int:
         return 2**self.bits
@@ -78,6 +167,15 @@ class Quantizer(nn.Module):
         """The per-step QAT update, O(n); defaults to the full fit."""
         return self._fit(rows, valid)
 
+    def _tables(self) -> dict[str, torch.Tensor]:
+        """The fewest numbers that define the level table (default: the levels themselves)."""
+        return {"levels": self.levels.detach().float().cpu().clone()}
+
+    def _from_tables(self, tables: dict[str, torch.Tensor], rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(levels, thresholds) from `_tables()`'s output; ValueError if a table does not fit."""
+        levels = check_table(tables, "levels", (rows, self.num_levels))
+        return levels, midpoints(torch.sort(levels, dim=1).values)
+
     # ------------------------------------------------------------------ shared machinery
     def _rows(self, w: torch.Tensor, mask: torch.Tensor | None):
         c = w.shape[0] if self.per_channel else 1
@@ -86,7 +184,7 @@ class Quantizer(nn.Module):
         return rows, valid
 
     @torch.no_grad()
-    def fit(self, w: torch.Tensor, mask: torch.Tensor | None = None) -> Quantizer:
+    def fit(self, w: torch.Tensor, mask: torch.Tensor | None = None) -> ScalarQuantizer:
         rows, valid = self._rows(w.detach().float(), mask)
         levels, thresholds = self._fit(rows, valid)
         self._store(levels, thresholds)
@@ -123,22 +221,73 @@ class Quantizer(nn.Module):
             q = q * mask
         return StraightThrough.apply(w, q)
 
-    # ------------------------------------------------------------------ persistence
+    # ------------------------------------------------------------------ checkpoint form
     def export_state(self) -> dict:
-        return {
-            "scheme": self.scheme, "bits": self.bits, "per_channel": self.per_channel, "refit": self.refit,
-            "options": dict(self.options),
-            "levels": self.levels.detach().cpu().clone(), "thresholds": self.thresholds.detach().cpu().clone(),
-        }
+        return {**self.meta(), "levels": self.levels.detach().cpu().clone(), "thresholds": self.thresholds.detach().cpu().clone()}
 
-    def load_state(self, state: dict) -> Quantizer:
+    def load_state(self, state: dict) -> ScalarQuantizer:
         # copies: training moves the levels in place and must never change the checkpoint they came from
         self._store(state["levels"].float().clone(), state["thresholds"].float().clone())
         self.fitted = True
         return self
 
-    def describe(self) -> str:
-        return self.scheme
+    @classmethod
+    def check_state(cls, state: dict, shape: tuple) -> None:
+        levels, thresholds = state.get("levels"), state.get("thresholds")
+        for what, t in (("levels", levels), ("thresholds", thresholds)):
+            if not isinstance(t, torch.Tensor) or t.dim() != 2 or not t.dtype.is_floating_point:
+                raise ValueError(f"{what} must be a 2-D float table")
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"{what} hold non-finite values")
+        rows, width = levels.shape
+        bits = state["bits"]
+        if rows not in (1, shape[0] if shape else 1) or not 1 <= width <= (1 << bits) or tuple(thresholds.shape) != (rows, width - 1):
+            raise ValueError(f"a {rows}×{width} codebook does not fit a {bits}-bit layer of shape {shape}")
+
+    # ------------------------------------------------------------------ packed form
+    def storage(self, w: torch.Tensor, mask: torch.Tensor | None = None) -> Storage:
+        codes = self.encode(w.detach().float()).reshape(-1)
+        if mask is not None:
+            codes = codes[mask.reshape(-1).to(torch.bool)]
+        return Storage(self.meta(), self._tables(), codes.to(torch.uint8), self.bits)
+
+    def _load_tables(self, tables, shape):
+        rows = (shape[0] if shape else 1) if self.per_channel else 1
+        levels, thresholds = self._from_tables(tables, rows)
+        self._store(levels, thresholds)
+        self.fitted = True
+
+    def decode_storage(self, codes, shape, mask):
+        """levels[row, code] scattered to the kept positions, in chunks of rows (no n-sized int64 temporaries)."""
+        levels = self.levels.detach().float()
+        rows = levels.shape[0]
+        numel = int(torch.Size(shape).numel())
+        row_len = numel // rows if rows else 0
+        keep = mask.reshape(rows, row_len) if mask is not None else None
+        if codes.numel() != (int(keep.sum()) if keep is not None else numel):
+            raise ValueError("code count does not match the layer")
+        if codes.numel() and int(codes.max()) >= levels.shape[1]:
+            raise ValueError("code out of range")
+        out = torch.zeros(rows, row_len)
+        step = max(1, CHUNK // max(row_len, 1))
+        done = 0
+        for r0 in range(0, rows, step):
+            block = keep[r0 : r0 + step] if keep is not None else None
+            counts = block.sum(1) if block is not None else torch.full((min(step, rows - r0),), row_len)
+            n = int(counts.sum())
+            c = codes[done : done + n].long()
+            done += n
+            row_ids = torch.repeat_interleave(torch.arange(r0, r0 + counts.numel()), counts)
+            values = levels[row_ids, c]
+            if block is None:
+                out[r0 : r0 + counts.numel()] = values.reshape(-1, row_len)
+            else:
+                out[r0 : r0 + counts.numel()][block] = values
+        return out.reshape(shape)
+
+    def summary(self) -> dict:
+        lv = self.levels.detach()
+        return {"levels": [round(v, 6) for v in lv[0].tolist()] if lv.shape[0] == 1 else f"{lv.shape[0]} rows × {lv.shape[1]}"}
 
 
 def make_quantizer(scheme: str, **options) -> Quantizer:
@@ -146,10 +295,25 @@ def make_quantizer(scheme: str, **options) -> Quantizer:
     return cls(**{k: v for k, v in options.items() if v is not None})
 
 
+def _from_meta(meta: dict) -> Quantizer:
+    return make_quantizer(meta["scheme"], bits=meta["bits"], per_channel=meta.get("per_channel", False),
+                          refit=meta.get("refit", "fast"), **meta.get("options", {}))
+
+
 def quantizer_from_state(state: dict) -> Quantizer:
-    q = make_quantizer(state["scheme"], bits=state["bits"], per_channel=state.get("per_channel", False),
-                       refit=state.get("refit", "fast"), **state.get("options", {}))
-    return q.load_state(state)
+    return _from_meta(state).load_state(state)
+
+
+def quantizer_from_storage(meta: dict, tables: dict[str, torch.Tensor], shape: tuple) -> Quantizer:
+    """The quantizer a packed layer describes (ValueError/UserError if meta or tables do not fit `shape`)."""
+    if not isinstance(meta, dict) or meta.get("scheme") not in SCHEMES:
+        raise ValueError("unknown quantization scheme")
+    if not isinstance(meta.get("bits"), int) or not isinstance(meta.get("options", {}), dict) \
+            or not all(_plain(v) for v in meta.get("options", {}).values()):
+        raise ValueError("bad quantizer meta")
+    q = _from_meta(meta)
+    q._load_tables(tables, tuple(shape))
+    return q
 
 
 def midpoints(levels: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError
-from .base import SCHEMES, Quantizer, midpoints
+from .base import SCHEMES, ScalarQuantizer, midpoints
 from .kmeans import kmeans_1d, lloyd_sorted
 
 
@@ -37,7 +37,7 @@ def _init_levels(values: torch.Tensor, k: int, init: str, zero: bool) -> torch.T
 
 
 @SCHEMES.register("codebook")
-class Codebook(Quantizer):
+class Codebook(ScalarQuantizer):
     scheme = "codebook"
     default_bits = 4
     bit_range = (2, 8)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import SCHEMES, Quantizer, StraightThrough
+from .base import SCHEMES, ScalarQuantizer, StraightThrough, check_table
 from .exact import fourval_alpha
 
 
@@ -14,8 +14,14 @@ def _table(alpha: torch.Tensor):
 
 
 @SCHEMES.register("fourval")
-class FourValue(Quantizer):
+class FourValue(ScalarQuantizer):
     scheme = "fourval"
+
+    def _tables(self):
+        return {"alpha": self.levels[:, 2:3].detach().float().cpu().clone()}  # one α per row defines the table
+
+    def _from_tables(self, tables, rows):
+        return _table(check_table(tables, "alpha", (rows, 1)))
 
     def _fit(self, rows, valid):
         return _table(fourval_alpha(rows.abs(), valid))

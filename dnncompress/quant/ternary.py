@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import UserError
-from .base import SCHEMES, Quantizer
+from .base import SCHEMES, ScalarQuantizer, check_table
 from .exact import ternary_alpha, ternary_refine
 
 
@@ -25,7 +25,7 @@ def twn_fit(rows: torch.Tensor, valid: torch.Tensor):
 
 
 @SCHEMES.register("ternary")
-class Ternary(Quantizer):
+class Ternary(ScalarQuantizer):
     scheme = "ternary"
     option_names = ("rule",)
 
@@ -37,6 +37,15 @@ class Ternary(Quantizer):
     @property
     def num_levels(self) -> int:
         return 3
+
+    def _tables(self):
+        return {"alpha": self.levels[:, 2:3].detach().float().cpu().clone()}
+
+    def _from_tables(self, tables, rows):
+        """Decoded weights are exactly 0 or ±α, so any threshold between them re-encodes them the same:
+        α/2 is derived, not stored (the TWN Δ is re-fitted from the weights at the next training step)."""
+        alpha = check_table(tables, "alpha", (rows, 1))
+        return _table(alpha, alpha / 2)
 
     def _fit(self, rows, valid):
         if self.options["rule"] == "twn":
