@@ -109,10 +109,15 @@ def shadow_weight(module: nn.Module) -> torch.Tensor:
     return module.weight
 
 
+def tensor_identity(t: torch.Tensor) -> tuple:
+    """Two state_dict entries are one tied tensor when they view the same memory the same way."""
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype) if t.numel() else (id(t),)
+
+
 def plain_state_dict(model: nn.Module, clone: bool = True) -> dict[str, torch.Tensor]:
     """The state_dict with shadow weights under their plain names and no parametrization buffers
-    (CPU copies; `clone=False` gives the module's own tensors, for reading shapes and dtypes)."""
-    out = {}
+    (CPU copies, tied tensors still one tensor; `clone=False` gives the module's own tensors)."""
+    out, copies = {}, {}
     for key, value in model.state_dict().items():
         if key == SUFFIX[1:]:  # the root module itself is parametrized (e.g. a bare nn.Linear)
             name = "weight"
@@ -122,7 +127,12 @@ def plain_state_dict(model: nn.Module, clone: bool = True) -> dict[str, torch.Te
             continue
         else:
             name = key
-        out[name] = value.detach().cpu().clone() if clone else value
+        if clone:
+            ident = tensor_identity(value)
+            if ident not in copies:
+                copies[ident] = value.detach().cpu().clone()
+            value = copies[ident]
+        out[name] = value
     return out
 
 

@@ -11,6 +11,7 @@ from dnncompress.checkpoint import new_checkpoint
 from dnncompress.errors import UserError
 from dnncompress.models import build_model
 from dnncompress.pack import bitpack, checkpoint_from_packed, load_packed, save_packed
+from dnncompress.quant import SCHEMES as REGISTRY
 from dnncompress.quant import make_quantizer
 from dnncompress.surgery import effective_state_dict, model_from_checkpoint
 
@@ -48,9 +49,9 @@ def assert_roundtrip(ckpt, tmp_path, entropy="none"):
     return path
 
 
-SCHEMES = [("fourval", {}), ("ternary", {}), ("ternary", {"rule": "exact"}), ("asym-ternary", {}), ("asym-quaternary", {})] + [
-    ("codebook", {"bits": b}) for b in range(2, 9)
-] + [("codebook", {"bits": 3, "zero": True})]
+SCHEMES = [(s, {}) for s in REGISTRY.names()] + [("ternary", {"rule": "exact"}), ("codebook", {"bits": 3, "zero": True})] + [
+    ("codebook", {"bits": b}) for b in (2, 3, 5, 6, 7, 8)
+]  # every registered scheme with its defaults, then the option variants
 
 
 @pytest.mark.parametrize("scheme,opts", SCHEMES, ids=str)

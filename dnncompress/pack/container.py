@@ -21,7 +21,7 @@ import torch
 
 from ..errors import UserError
 from ..fileio import require_file
-from ..surgery import weight_key
+from ..surgery import tensor_identity, weight_key
 from .layers import Blobs, blob_to_tensor, decode_layer, encode_layer, tensor_to_blob
 
 FORMAT = "dnncompress-packed"
@@ -31,7 +31,7 @@ DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float1
                                                      torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)}
 NATURAL = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64, "i64": torch.int64, "u8": torch.uint8}
 MAX_HEADER = 64 << 20
-ST_DTYPES = {"U8": np.uint8, "U32": np.uint32, "F32": np.float32, "F16": np.float16, "I64": np.int64}
+ST_DTYPES = {"U8": np.uint8, "U16": np.uint16, "U32": np.uint32, "F16": np.float16, "F32": np.float32, "F64": np.float64, "I64": np.int64}
 ST_NAMES = {np.dtype(v): k for k, v in ST_DTYPES.items()}
 
 
@@ -64,11 +64,11 @@ def build_packed(ckpt: dict, entropy: str = "none", fp16: bool = False) -> tuple
         handled.add(key)
     leftovers, first_of = [], {}
     for key in [*sorted(handled), *state]:  # tied (shared) tensors: one name stores it (a layer if any), the others point to it
-        first_of.setdefault(_identity(state[key]), key)
+        first_of.setdefault(tensor_identity(state[key]), key)
     for key, t in state.items():
         if key in handled:
             continue
-        shared = first_of[_identity(t)]
+        shared = first_of[tensor_identity(t)]
         if shared != key:
             leftovers.append([key, list(t.shape), "tie", shared])
             continue
@@ -83,11 +83,6 @@ def build_packed(ckpt: dict, entropy: str = "none", fp16: bool = False) -> tuple
     arrays = blobs.finish()
     metadata = {"format": FORMAT, "version": str(VERSION), "spec": canonical_json(spec)}
     return arrays, metadata, spec
-
-
-def _identity(t: torch.Tensor) -> tuple:
-    """Two state_dict entries are one tied tensor when they view the same memory the same way."""
-    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype) if t.numel() else (id(t),)
 
 
 def serialize(arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> tuple[bytes, list[np.ndarray]]:
