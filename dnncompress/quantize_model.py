@@ -16,14 +16,23 @@ from .surgery import attach, compressible_layers, compression_of, shadow_weight
 
 
 def _options_for(name: str, base: dict, overrides: dict | None) -> dict:
-    """Base options updated by every override whose fnmatch pattern matches the layer name, in order."""
+    """Base options updated by every override whose fnmatch pattern matches the layer name, in order.
+    An override that switches to another scheme starts from that scheme's defaults (the base scheme's
+    bits and options mean nothing to it)."""
     opts = dict(base)
     for pattern, extra in (overrides or {}).items():
         if fnmatch.fnmatchcase(name, pattern):
             if not isinstance(extra, dict):
                 raise UserError(f"override for '{pattern}' must be a mapping like {{bits: 8}}")
-            opts.update(extra)
+            opts = merge_override(opts, extra)
     return opts
+
+
+def merge_override(opts: dict, extra: dict) -> dict:
+    """One override applied to a layer's options (a switch of scheme drops the old scheme's options)."""
+    if extra.get("scheme", opts["scheme"]) != opts["scheme"]:
+        return dict(extra)
+    return {**opts, **extra}
 
 
 def quantize(

@@ -5,6 +5,7 @@ import json
 
 import torch
 from click.testing import CliRunner
+from torch.utils.data import TensorDataset
 
 import tests.toy_scheme  # noqa: F401  (registers 'test-sign')
 from dnncompress import load_checkpoint, load_packed, quantize, save_checkpoint, save_packed
@@ -15,7 +16,6 @@ from dnncompress.prune.magnitude import prune
 from dnncompress.report import report_packed
 from dnncompress.surgery import effective_state_dict, update_checkpoint
 from dnncompress.train import TrainSettings, evaluate, train
-from torch.utils.data import TensorDataset
 
 
 def _data(n=256, seed=0):

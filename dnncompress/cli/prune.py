@@ -42,10 +42,11 @@ def print_prune(result: dict, out) -> None:
 @click.option("--exclude", multiple=True, help="fnmatch pattern of layers to leave dense (repeatable)")
 @click.option("--override", "overrides", multiple=True, help="per-layer sparsity, PATTERN=VALUE (e.g. conv1=0.5)")
 @click.option("--plot", type=click.Path(), default=None, help="auto: write the sensitivity curves as PNG")
+@click.option("--block", default=1, show_default=True, type=int, help="prune runs of this many contiguous weights of a row together (match pq's d)")
 @with_options(data_options + input_options)
 @click.option("-o", "--output", default=None, type=click.Path())
 @click.option("--json", "json_out", is_flag=True)
-def prune(checkpoint, sparsity, scope, max_drop, exclude, overrides, plot, data, data_dir, device, arch, trust, output, json_out):
+def prune(checkpoint, sparsity, scope, max_drop, exclude, overrides, plot, block, data, data_dir, device, arch, trust, output, json_out):
     from ..stages.prune import PruneParams
 
     parsed = {}
@@ -57,7 +58,8 @@ def prune(checkpoint, sparsity, scope, max_drop, exclude, overrides, plot, data,
             parsed[pattern] = float(value)
         except ValueError:
             raise UserError(f"--override '{item}': '{value}' is not a number") from None
-    params = PruneParams(sparsity=sparsity, scope=scope, max_drop=max_drop, exclude=list(exclude), overrides=parsed, plot=plot)
+    params = PruneParams(sparsity=sparsity, scope=scope, max_drop=max_drop, exclude=list(exclude), overrides=parsed, plot=plot,
+                         block=block)
     path = resolve_input(checkpoint)
     if plot:
         from ..fileio import refuse_input

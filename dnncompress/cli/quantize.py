@@ -9,6 +9,19 @@ from .common import data_options, help_text, input_options, load_input, make_con
 EXAMPLE = "dnncompress quantize tuned.pt --scheme fourval --exclude conv1 -o q.pt"
 
 
+def _parse_options(items) -> dict:
+    """--opt d=8 (repeatable) → {'d': 8}: any scheme's own option."""
+    import yaml
+
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--opt '{item}' must look like key=value, e.g. d=8")
+        key, value = item.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def _parse_overrides(items) -> dict:
     """--override 'conv1:bits=8' (repeatable) → {'conv1': {'bits': 8}}."""
     import yaml
@@ -25,8 +38,8 @@ def _parse_overrides(items) -> dict:
 
 @click.command("quantize", help=help_text("Quantize every Conv/Linear weight (post-training); fine-tune afterwards for QAT.", EXAMPLE))
 @click.argument("checkpoint", required=False)
-@click.option("--scheme", required=True, help="fourval, ternary, asym-ternary, asym-quaternary, codebook")
-@click.option("--bits", type=int, default=None, help="bits per weight (codebook: 2–8; the others are 2-bit)")
+@click.option("--scheme", required=True, help="fourval, ternary, asym-ternary, asym-quaternary, codebook, pq (see 'dnncompress list')")
+@click.option("--bits", type=int, default=None, help="bits per code (codebook: 2–8; pq: 1–8, 2^bits centroids; the others are 2-bit)")
 @click.option("--codebook", "mode", type=click.Choice(["static", "dynamic"]), default=None, help="codebook: SQC (static) or DQC (dynamic)")
 @click.option("--zero/--no-zero", default=None, help="codebook: keep an exact zero value")
 @click.option("--init", type=click.Choice(["kmeans", "linear", "pow2"]), default=None, help="codebook initialisation")
@@ -35,14 +48,16 @@ def _parse_overrides(items) -> dict:
 @click.option("--refit", type=click.Choice(["fast", "exact", "none"]), default="fast", show_default=True, help="scale re-fit per QAT step")
 @click.option("--exclude", multiple=True, help="fnmatch pattern of layer names to leave in fp32 (repeatable)")
 @click.option("--override", "overrides", multiple=True, help="per-layer option, PATTERN:key=value (e.g. conv1:bits=8)")
+@click.option("--opt", "scheme_options", multiple=True, help="a scheme's own option, key=value (e.g. pq: d=8, table=fp32)")
 @with_options(data_options + input_options)
 @click.option("-o", "--output", default=None, type=click.Path())
 @click.option("--json", "json_out", is_flag=True)
-def quantize(checkpoint, scheme, bits, mode, zero, init, rule, per_channel, refit, exclude, overrides, data, data_dir, device, arch, trust, output, json_out):
+def quantize(checkpoint, scheme, bits, mode, zero, init, rule, per_channel, refit, exclude, overrides, scheme_options, data, data_dir, device, arch, trust, output, json_out):
     from ..stages.quantize import QuantizeParams
 
     params = QuantizeParams(scheme=scheme, bits=bits, per_channel=per_channel, rule=rule, codebook=mode, zero=zero, init=init,
-                            refit=refit, exclude=list(exclude), overrides=_parse_overrides(overrides))
+                            refit=refit, exclude=list(exclude), overrides=_parse_overrides(overrides),
+                            options=_parse_options(scheme_options))
     path, ckpt = load_input(checkpoint, arch, trust)
     out, _, result = run_stage("quantize", params, path, ckpt, output, make_context(data, data_dir, device), json_out)
     if not json_out:

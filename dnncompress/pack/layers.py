@@ -113,7 +113,7 @@ def index_bytes(mask: torch.Tensor) -> int:
     flat = mask.reshape(-1).cpu().numpy().astype(bool)
     if flat.all():
         return 0
-    _, g, entries, _ = sparse.best_layout(flat)
+    _, g, entries, _, _ = sparse.best_layout(flat)
     return bitpack.words_needed(entries.size, g) * 4
 
 
@@ -125,8 +125,10 @@ def encode_layer(blobs: Blobs, name: str, weight: torch.Tensor, mask: torch.Tens
         spec["d"] = str(weight.dtype).removeprefix("torch.")
     flat_mask = mask.reshape(-1).numpy().astype(bool) if mask is not None else None
     if flat_mask is not None:
-        layout, g, entries, _ = sparse.best_layout(flat_mask)
+        layout, g, entries, _, block = sparse.best_layout(flat_mask)
         spec["x"] = {"l": layout, "g": g, "e": int(entries.size), **_entropy_or_plain(blobs, entries, g, entropy)}
+        if block > 1:
+            spec["x"]["b"] = block
         spec["nk"] = int(flat_mask.sum())
     if quant is not None:
         st = quantizer_from_state(quant).storage(weight.float(), mask)
@@ -159,13 +161,13 @@ def decode_layer(blobs: Blobs, spec: dict) -> tuple[torch.Tensor, torch.Tensor |
     mask = positions = None
     if "x" in spec:
         x = spec["x"]
-        g, n_entries = int(x["g"]), int(x["e"])
-        if not 1 <= g <= 8 or n_entries < 0 or n_entries > 2 * MAX_ELEMENTS:
+        g, n_entries, block = int(x["g"]), int(x["e"]), int(x.get("b", 1))
+        if not 1 <= g <= 8 or n_entries < 0 or n_entries > 2 * MAX_ELEMENTS or not 1 <= block <= 4096:
             raise ValueError("bad index header")
-        if x["l"] == "bitmap" and n_entries != numel:
+        if x["l"] == "bitmap" and n_entries * block != numel:
             raise ValueError("bitmap length does not match the shape")
         entries = _symbols_back(blobs, x, g, n_entries)
-        positions = sparse.decode_positions({"layout": x["l"], "index_bits": g}, entries, numel)
+        positions = sparse.decode_positions({"layout": x["l"], "index_bits": g, "block": block}, entries, numel)
         if positions.size != int(spec.get("nk", -1)):
             raise ValueError("kept count does not match the index")
         flat = np.zeros(numel, dtype=bool)

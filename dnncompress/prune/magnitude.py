@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 
 import torch
 import torch.nn as nn
@@ -48,11 +49,56 @@ def effective_magnitude(module: nn.Module) -> torch.Tensor:
     return w
 
 
-def magnitude_masks(layers: dict[str, nn.Module], targets: dict[str, float], scope: str = "layer") -> dict[str, torch.Tensor]:
-    """New masks reaching each layer's target sparsity (layer scope) or the mean target over all (global)."""
+def layer_blocks(names, block) -> dict[str, int]:
+    """Per-layer block length: one int for all, or {fnmatch pattern: length} (1 where none matches)."""
+    out = {}
+    for name in names:
+        b = block if not isinstance(block, dict) else 1
+        for pattern, value in (block.items() if isinstance(block, dict) else ()):
+            if fnmatch.fnmatchcase(name, pattern):
+                b = value
+        if not isinstance(b, int) or isinstance(b, bool) or not 1 <= b <= 4096:
+            raise UserError(f"block length must be an integer 1..4096, got {b!r}")
+        out[name] = b
+    return out
+
+
+def _block_scores(mag: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(RMS magnitude, real size) of each run of b contiguous weights within a row (the last run of a
+    row may be short): the same runs product quantization cuts into sub-vectors."""
+    rows = mag.shape[0]
+    flat = mag.reshape(rows, -1)
+    extra = -flat.shape[1] % b
+    pad = torch.zeros(rows, extra, dtype=flat.dtype)
+    sq = torch.cat([flat.double() ** 2, pad.double()], 1).reshape(rows, -1, b).sum(2)
+    size = torch.cat([torch.ones_like(flat, dtype=torch.long), pad.long()], 1).reshape(rows, -1, b).sum(2)
+    return (sq / size).sqrt().reshape(-1), size.reshape(-1)
+
+
+def _expand(keep_runs: torch.Tensor, b: int, shape) -> torch.Tensor:
+    rows = shape[0]
+    n = math.prod(shape) // rows
+    return keep_runs.reshape(rows, -1).repeat_interleave(b, 1)[:, :n].reshape(shape)
+
+
+def _prune_runs(scores: torch.Tensor, sizes: torch.Tensor, n_prune: int) -> torch.Tensor:
+    """Keep-mask over runs: the lowest-scoring runs go until their weights reach n_prune (never more)."""
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    order = torch.argsort(scores, stable=True)
+    k = int(torch.searchsorted(torch.cumsum(sizes[order], 0), torch.tensor(n_prune), right=True))
+    keep[order[:k]] = False
+    return keep
+
+
+def magnitude_masks(layers: dict[str, nn.Module], targets: dict[str, float], scope: str = "layer", block=1) -> dict[str, torch.Tensor]:
+    """New masks reaching each layer's target sparsity (layer scope) or the mean target over all (global).
+    With `block` > 1 whole runs of that many contiguous weights of a row are kept or pruned together."""
     if scope not in ("layer", "global"):
         raise UserError(f"scope must be 'layer' or 'global', got '{scope}'")
     mags = {name: effective_magnitude(m) for name, m in layers.items()}
+    blocks = layer_blocks(mags, block)
+    if any(b > 1 for b in blocks.values()):
+        return _block_masks(mags, targets, scope, blocks)
     if scope == "layer":
         return {name: keep_top(mag, int(round(targets[name] * mag.numel()))) for name, mag in mags.items()}
     total = sum(m.numel() for m in mags.values())
@@ -67,6 +113,20 @@ def magnitude_masks(layers: dict[str, nn.Module], targets: dict[str, float], sco
     return out
 
 
+def _block_masks(mags, targets, scope, blocks) -> dict[str, torch.Tensor]:
+    runs = {name: _block_scores(mag, blocks[name]) for name, mag in mags.items()}
+    if scope == "layer":
+        keep = {n: _prune_runs(*runs[n], int(round(targets[n] * mags[n].numel()))) for n in mags}
+    else:
+        n_prune = int(round(sum(targets[n] * mags[n].numel() for n in mags)))
+        flat = _prune_runs(torch.cat([r[0] for r in runs.values()]), torch.cat([r[1] for r in runs.values()]), n_prune)
+        keep, start = {}, 0
+        for name, (scores, _) in runs.items():
+            keep[name] = flat[start : start + scores.numel()]
+            start += scores.numel()
+    return {n: _expand(keep[n], blocks[n], mags[n].shape) for n in mags}
+
+
 @torch.no_grad()
 def apply_masks(layers: dict[str, nn.Module], masks: dict[str, torch.Tensor]) -> None:
     """Attach masks and zero the pruned shadow weights (so optimizer state cannot revive them)."""
@@ -79,8 +139,10 @@ def apply_masks(layers: dict[str, nn.Module], masks: dict[str, torch.Tensor]) ->
         attach(module, mask=mask.to(w.device))
 
 
-def prune(model: nn.Module, sparsity: float = 0.9, scope: str = "layer", include=("*",), exclude=(), overrides: dict | None = None) -> list[dict]:
-    """Magnitude-prune every Conv/Linear (any 2-D+ weight) of any nn.Module; returns per-layer counts."""
+def prune(model: nn.Module, sparsity: float = 0.9, scope: str = "layer", include=("*",), exclude=(), overrides: dict | None = None,
+          block=1) -> list[dict]:
+    """Magnitude-prune every Conv/Linear (any 2-D+ weight) of any nn.Module; returns per-layer counts.
+    `block` (an int, or {pattern: int}) prunes runs of that many contiguous weights of a row together."""
     from ..surgery import compressible_layers
 
     check_sparsity(sparsity)
@@ -88,7 +150,7 @@ def prune(model: nn.Module, sparsity: float = 0.9, scope: str = "layer", include
     if not layers:
         raise UserError("no layer matched: prune needs modules with a 2-D+ weight (check include/exclude)")
     targets = layer_sparsities(layers, sparsity, overrides)
-    masks = magnitude_masks(layers, targets, scope)
+    masks = magnitude_masks(layers, targets, scope, block)
     apply_masks(layers, masks)
     return mask_summary(masks)
 

@@ -9,7 +9,7 @@ from ..checks import finite
 from ..errors import UserError
 from ..fileio import check_plot_path
 from ..prune import apply_masks, mask_summary
-from ..prune.magnitude import check_sparsity, layer_sparsities, magnitude_masks, overall_sparsity
+from ..prune.magnitude import check_sparsity, layer_blocks, layer_sparsities, magnitude_masks, overall_sparsity
 from ..surgery import compressible_layers, model_from_checkpoint, update_checkpoint
 from ..train import evaluate
 from .base import Context, StageOutput, register_stage
@@ -23,6 +23,7 @@ class PruneParams:
     include: list = field(default_factory=lambda: ["*"])
     exclude: list = field(default_factory=list)
     overrides: dict = field(default_factory=dict)  # fnmatch pattern → sparsity
+    block: int | dict = 1  # prune runs of this many contiguous weights of a row together (or {pattern: length})
     plot: str | None = None  # auto: PNG of the sensitivity curves
 
     def __post_init__(self):
@@ -41,6 +42,10 @@ class PruneParams:
             raise UserError("prune overrides must map layer patterns to sparsities, e.g. {conv1: 0.5}")
         for pattern, value in self.overrides.items():
             check_sparsity(value, f"sparsity of '{pattern}'")
+        if isinstance(self.block, dict) and not all(isinstance(k, str) for k in self.block):
+            raise UserError("prune block must map layer patterns to lengths, e.g. {fc1: 4}")
+        for value in (self.block.values() if isinstance(self.block, dict) else [self.block]):
+            layer_blocks(["*"], value)  # each length checked here, not after loading the data
 
 
 @register_stage("prune", PruneParams, suffix="pruned")
@@ -67,7 +72,7 @@ def prune_stage(ckpt, p: PruneParams, ctx: Context) -> StageOutput:
             plot_curves(auto["curves"], p.plot, targets)
     else:
         targets = layer_sparsities(layers, p.sparsity, p.overrides)
-    masks = magnitude_masks(layers, targets, p.scope)
+    masks = magnitude_masks(layers, targets, p.scope, p.block)
     apply_masks(layers, masks)
     result["layers"] = mask_summary(masks)
     result["overall_sparsity"] = overall_sparsity(masks)

@@ -7,7 +7,7 @@ from typing import Literal
 from ..checkpoint import derive
 from ..errors import UserError
 from ..quant import SCHEMES
-from ..quantize_model import quantize
+from ..quantize_model import merge_override, quantize
 from ..surgery import model_from_checkpoint, update_checkpoint
 from ..train import evaluate
 from .base import Context, StageOutput, register_stage
@@ -25,6 +25,7 @@ class QuantizeParams:
     grad: Literal["sum", "mean"] | None = None  # dynamic codebook only
     refit_every: int | None = None  # dynamic codebook only
     refit: Literal["fast", "exact", "none"] = "fast"  # scale re-fit per QAT step (fourval/ternary/asym)
+    options: dict = field(default_factory=dict)  # any scheme's own options by name, e.g. pq: {d: 4, table: fp16}
     include: list = field(default_factory=lambda: ["*"])
     exclude: list = field(default_factory=list)
     overrides: dict = field(default_factory=dict)
@@ -35,12 +36,14 @@ class QuantizeParams:
         from ..quant import make_quantizer
 
         make_quantizer(self.scheme, **self.quantizer_options())  # conflicts fail at validation, not after loading data
+        if not isinstance(self.options, dict) or not all(isinstance(k, str) for k in self.options):
+            raise UserError("quantize options must map option names to values, e.g. {d: 4}")
         if not isinstance(self.overrides, dict):
             raise UserError("quantize overrides must map layer patterns to options, e.g. {conv1: {bits: 8}}")
         for pattern, extra in self.overrides.items():
             if not isinstance(extra, dict):
                 raise UserError(f"override for '{pattern}' must be a mapping like {{bits: 8}}, got {extra!r}")
-            opts = {"scheme": self.scheme, **self.quantizer_options(), **extra}
+            opts = merge_override({"scheme": self.scheme, **self.quantizer_options()}, extra)
             if "codebook" in opts:
                 opts["mode"] = opts.pop("codebook")
             if opts.pop("skip", False):
@@ -55,7 +58,7 @@ class QuantizeParams:
     def quantizer_options(self) -> dict:
         opts = {"bits": self.bits, "per_channel": self.per_channel, "refit": self.refit, "rule": self.rule,
                 "mode": self.codebook, "zero": self.zero, "init": self.init, "grad": self.grad, "refit_every": self.refit_every}
-        return {k: v for k, v in opts.items() if v is not None}
+        return {**{k: v for k, v in opts.items() if v is not None}, **self.options}
 
 
 @register_stage("quantize", QuantizeParams, suffix="q")

@@ -1,0 +1,254 @@
+"""Product quantization (seed 004): sub-vectors of d weights share up to 2^bits centroids, one code each.
+
+Units: each row (output channel) of the weight, flattened, is cut into contiguous sub-vectors of
+d weights (the last one padded). With the default d (0 = auto) a convolution's unit is the k×k
+kernel of one (out, in) pair and a Linear's is 4 contiguous input weights.
+
+Fitting sees kept entries only: a unit with pruned entries is compared and averaged over its kept
+coordinates alone (masked k-means: distance Σ m·(x − c)², centroid = Σ m·x / Σ m per coordinate),
+and a unit with no kept entry is not stored at all. scikit-learn's KMeans (k-means++, one init,
+fixed seed) starts it; masked Lloyd iterations finish it. Decoding multiplies by the mask, so
+pruned weights stay exactly zero.
+
+QAT: the centroids are parameters; each receives the gradient of the sub-vectors assigned to it,
+averaged over the kept entries (`grad: mean`, or summed), and the assignment is recomputed every
+`reassign_every` steps (always at evaluation and packing: nearest centroid). Centroids are kept on
+the grid of the table dtype (fp16 by default), so the packed file decodes bit for bit what QAT saw.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import torch.nn as nn
+
+from ..errors import UserError
+from .base import SCHEMES, Quantizer, Storage, StraightThrough
+
+BLOCK = 16384
+
+
+def _pad(t: torch.Tensor, extra: int, value) -> torch.Tensor:
+    if not extra:
+        return t
+    return torch.cat([t, torch.full((t.shape[0], extra), value, dtype=t.dtype, device=t.device)], 1)
+
+
+def assign(x: torch.Tensor, valid: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Nearest centroid of each unit over its kept coordinates: argmin_k Σ m·(x − c_k)², in blocks."""
+    out = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+    c = centroids.to(x.dtype)
+    c_sq = (c * c).t()
+    for i in range(0, x.shape[0], BLOCK):
+        m = valid[i : i + BLOCK].to(x.dtype)
+        out[i : i + BLOCK] = (m @ c_sq - 2 * (x[i : i + BLOCK] * m) @ c.t()).argmin(1)
+    return out
+
+
+def masked_means(x: torch.Tensor, valid: torch.Tensor, codes: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Per centroid and coordinate, the mean of the kept entries assigned to it (unchanged where none)."""
+    m = valid.to(x.dtype)
+    num = torch.zeros_like(centroids, dtype=x.dtype).index_add_(0, codes, x * m)
+    den = torch.zeros_like(centroids, dtype=x.dtype).index_add_(0, codes, m)
+    return torch.where(den > 0, num / den.clamp_min(1), centroids.to(x.dtype))
+
+
+def masked_kmeans(x: torch.Tensor, valid: torch.Tensor, k: int, seed: int = 0, iters: int = 30) -> torch.Tensor:
+    """k centroids for units x (N×d) whose kept coordinates are `valid`: library k-means++ start, masked Lloyd finish."""
+    xm = (x * valid).double()
+    if x.shape[0] <= k:
+        return xm.float()  # every unit its own centroid
+    from sklearn.cluster import KMeans
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # duplicate points (e.g. all-zero units) warn; a library must not print
+        start = KMeans(k, n_init=1, random_state=seed, max_iter=50).fit(xm.numpy(), sample_weight=valid.sum(1).double().numpy())
+    c = torch.from_numpy(start.cluster_centers_)
+    codes = None
+    for _ in range(iters):
+        new_codes = assign(xm, valid, c)
+        if codes is not None and torch.equal(new_codes, codes):
+            break
+        codes = new_codes
+        c = masked_means(xm, valid, codes, c)
+    return c.float()
+
+
+@SCHEMES.register("pq")
+class ProductQuantizer(Quantizer):
+    scheme = "pq"
+    default_bits = 8
+    bit_range = (1, 8)
+    supports_per_channel = False
+    option_names = ("d", "table", "reassign_every", "grad", "seed")
+
+    def __init__(self, *args, d: int = 0, table: str = "fp16", reassign_every: int = 10, grad: str = "mean", seed: int = 0, **kw):
+        if not isinstance(d, int) or isinstance(d, bool) or not 0 <= d <= 4096:
+            raise UserError(f"pq sub-vector length d must be 0 (auto) or 1..4096, got {d!r}")
+        if table not in ("fp16", "fp32"):
+            raise UserError(f"pq table must be fp16 or fp32, got '{table}'")
+        if grad not in ("sum", "mean"):
+            raise UserError(f"pq grad must be sum or mean, got '{grad}'")
+        if not isinstance(reassign_every, int) or reassign_every < 1:
+            raise UserError(f"pq reassign_every must be ≥ 1, got {reassign_every!r}")
+        super().__init__(*args, d=d, table=table, reassign_every=reassign_every, grad=grad, seed=int(seed), **kw)
+        self.refit = "none"
+        self.centroids = nn.Parameter(torch.zeros(1, max(d, 1)))
+        self.centroids.register_hook(self._shape_grad)
+        self._train_codes = None  # assignment used between re-assignments (training only)
+        self._due = True
+        self._last = None  # (codes, valid) of the last training forward: the 'mean' gradient divides by its counts
+        self._eval = None  # (weight, centroids, codes) of the last evaluation: reused while both are unchanged
+
+    # ------------------------------------------------------------------ units
+    def _dim(self, shape) -> int:
+        if self.options["d"]:
+            return self.options["d"]
+        kernel = math.prod(shape[2:]) if len(shape) > 2 else 1
+        return kernel if kernel > 1 else 4
+
+    def _units(self, w: torch.Tensor, mask: torch.Tensor | None):
+        """(units N×d, valid N×d, stored N bool) of a weight; padding counts as not valid."""
+        d = self.options["d"]
+        rows = w.shape[0] if w.dim() else 1
+        flat = w.reshape(rows, -1)
+        extra = -flat.shape[1] % d
+        valid = mask.reshape(rows, -1).to(torch.bool) if mask is not None else torch.ones_like(flat, dtype=torch.bool)
+        x = _pad(flat, extra, 0).reshape(-1, d)
+        valid = _pad(valid, extra, False).reshape(-1, d)
+        return x, valid, valid.any(1)
+
+    def _rounded(self) -> torch.Tensor:
+        c = self.centroids.detach()
+        return c.half().float() if self.options["table"] == "fp16" else c.float()
+
+    @property
+    def code_bits(self) -> int:
+        return max(1, math.ceil(math.log2(max(self.centroids.shape[0], 1))))
+
+    # ------------------------------------------------------------------ fit and QAT
+    @torch.no_grad()
+    def fit(self, w, mask=None):
+        self.options["d"] = self._dim(tuple(w.shape))
+        x, valid, stored = self._units(w.detach().float(), mask)
+        k = min(2**self.bits, max(int(stored.sum()), 1))
+        c = masked_kmeans(x[stored], valid[stored], k, self.options["seed"]) if stored.any() else torch.zeros(1, self.options["d"])
+        self._set(c)
+        return self
+
+    def _set(self, c: torch.Tensor) -> None:
+        self.centroids.data = c.float().contiguous()
+        if self.options["table"] == "fp16":
+            self.centroids.data = self.centroids.data.half().float()
+        self.fitted = True
+        self._train_codes = self._eval = None
+        self._due = True
+
+    def _codes(self, x, valid, stored, weight) -> torch.Tensor:
+        c = self._rounded()
+        xs, vs = x[stored], valid[stored]
+        if self.training:
+            if self._due or self._train_codes is None or self._train_codes.numel() != xs.shape[0]:
+                self._train_codes = assign(xs, vs, c)
+                self._due = False
+            return self._train_codes
+        if self._eval is not None and torch.equal(self._eval[0], weight) and torch.equal(self._eval[1], c):
+            return self._eval[2]
+        codes = assign(xs, vs, c)
+        self._eval = (weight.detach().clone(), c, codes)
+        return codes
+
+    def forward(self, w, mask=None):
+        if not self.fitted:
+            self.fit(w, mask)
+        x, valid, stored = self._units(w.detach().float(), mask)
+        codes = self._codes(x, valid, stored, w.detach())
+        c = self.centroids
+        picked = StraightThrough.apply(c[codes], self._rounded()[codes])  # value on the table grid, gradient to the centroids
+        units = torch.zeros(x.shape, dtype=picked.dtype, device=picked.device).index_copy(0, stored.nonzero().squeeze(1), picked)
+        q = self._dense(units * valid, w.shape)
+        if self.training:
+            self._last = (codes, valid[stored])
+        return q.to(w.dtype) + (w - w.detach())
+
+    @staticmethod
+    def _dense(units: torch.Tensor, shape) -> torch.Tensor:
+        rows = shape[0] if len(shape) else 1
+        n = math.prod(shape) // max(rows, 1)
+        return units.reshape(rows, -1)[:, :n].reshape(shape)
+
+    def _shape_grad(self, grad: torch.Tensor) -> torch.Tensor:
+        if self.options["grad"] == "mean" and self._last is not None and grad.shape == self.centroids.shape:
+            codes, valid = self._last
+            counts = torch.zeros_like(grad).index_add_(0, codes, valid.to(grad.dtype))
+            return grad / counts.clamp_min(1)
+        return grad
+
+    def on_step(self, step: int, total: int) -> None:
+        if step % self.options["reassign_every"] == 0:
+            self._due = True
+
+    def run_state(self) -> dict:
+        """The assignment in use and the last forward's counts: a resumed run continues with them."""
+        last = self._last or (None, None)
+        return {"codes": self._train_codes, "due": self._due, "last_codes": last[0], "last_valid": last[1]}
+
+    def load_run_state(self, state: dict) -> None:
+        self._train_codes, self._due = state["codes"], bool(state["due"])
+        self._last = (state["last_codes"], state["last_valid"]) if state["last_codes"] is not None else None
+
+    # ------------------------------------------------------------------ checkpoint form
+    def export_state(self) -> dict:
+        return {**self.meta(), "centroids": self._rounded().cpu().clone()}
+
+    def load_state(self, state: dict) -> ProductQuantizer:
+        self._set(state["centroids"].float().clone())
+        return self
+
+    @classmethod
+    def check_state(cls, state: dict, shape: tuple) -> None:
+        c = state.get("centroids")
+        cls._check_centroids(c, state["bits"], (state.get("options") or {}).get("d", 0), shape)
+
+    @staticmethod
+    def _check_centroids(c, bits: int, d, shape) -> None:
+        if not isinstance(c, torch.Tensor) or c.dim() != 2 or not c.dtype.is_floating_point:
+            raise ValueError("centroids must be a 2-D float table")
+        if not bool(torch.isfinite(c).all()):
+            raise ValueError("centroids hold non-finite values")
+        k, dim = c.shape
+        if not 1 <= k <= 2**bits or not isinstance(d, int) or (d and dim != d) or not 1 <= dim <= max(1, math.prod(shape)):
+            raise ValueError(f"{k}×{dim} centroids do not fit a {bits}-bit pq layer of shape {tuple(shape)}")
+
+    # ------------------------------------------------------------------ packed form
+    @torch.no_grad()
+    def storage(self, w, mask=None):
+        x, valid, stored = self._units(w.detach().float(), mask)
+        codes = assign(x[stored], valid[stored], self._rounded())
+        table = self._rounded().half() if self.options["table"] == "fp16" else self._rounded()
+        return Storage(self.meta(), {"centroids": table.cpu()}, codes.to(torch.uint8).cpu(), self.code_bits)
+
+    def _load_tables(self, tables, shape):
+        c = tables.get("centroids")
+        self._check_centroids(c, self.bits, self.options["d"], shape)
+        if not self.options["d"]:
+            raise ValueError("pq layer does not record its sub-vector length")
+        self._set(c.float())
+
+    @torch.no_grad()
+    def decode_storage(self, codes, shape, mask):
+        x, valid, stored = self._units(torch.zeros(shape), mask)
+        c = self._rounded()
+        if codes.numel() != int(stored.sum()):
+            raise ValueError("code count does not match the layer")
+        if codes.numel() and int(codes.max()) >= c.shape[0]:
+            raise ValueError("code out of range")
+        x[stored] = c[codes.long()]
+        return self._dense(x * valid, tuple(shape))
+
+    def describe(self) -> str:
+        return f"pq d={self.options['d']} k={self.centroids.shape[0]}"
+
+    def summary(self) -> dict:
+        return {"levels": f"{self.centroids.shape[0]} centroids × {self.centroids.shape[1]}"}
