@@ -218,7 +218,7 @@ class ProductQuantizer(Quantizer):
         if not bool(torch.isfinite(c).all()):
             raise ValueError("centroids hold non-finite values")
         k, dim = c.shape
-        if not 1 <= k <= 2**bits or not isinstance(d, int) or (d and dim != d) or not 1 <= dim <= max(1, math.prod(shape)):
+        if not 1 <= k <= 2**bits or not isinstance(d, int) or (d and dim != d) or not 1 <= dim <= 4096:
             raise ValueError(f"{k}×{dim} centroids do not fit a {bits}-bit pq layer of shape {tuple(shape)}")
 
     # ------------------------------------------------------------------ packed form
