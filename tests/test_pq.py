@@ -89,18 +89,19 @@ def test_centroid_gradient_is_the_mean_of_its_units():
     assert torch.equal(w.grad, g)  # and the weights get the straight-through gradient
 
 
-def test_assignments_are_recomputed_every_n_steps():
+def test_assignments_are_recomputed_every_n_training_forwards():
     torch.manual_seed(4)
     w = torch.randn(8, 8)
     q = make_quantizer("pq", bits=2, d=4, reassign_every=3).fit(w).train()
     q(w)
     first = q._train_codes
     moved = -w  # every unit now sits nearest another centroid
-    q.on_step(1, 10)
-    assert q(moved).detach().equal(q.decode_storage(first, w.shape, None))  # still the old assignment
-    q.on_step(3, 10)
-    q(moved)
+    for _ in range(2):  # forwards 2 and 3 of the interval: the old assignment, whatever the weights do
+        assert q(moved).detach().equal(q.decode_storage(first, w.shape, None))
+    q(moved)  # forward 4 starts a new interval
     assert not torch.equal(q._train_codes, first)
+    q.eval()
+    assert q(moved).detach().equal(q.decode_storage(q.storage(moved).codes, w.shape, None))  # evaluation: always nearest
 
 
 def test_bad_options():

@@ -190,6 +190,46 @@ input_options = [
 ]
 
 
+def param_options(params_cls, names, help: dict | None = None, flags: dict | None = None) -> list:
+    """Click options for fields of a stage's parameter dataclass, declared once there: name, type,
+    choices and default come from the field (`--batch-size` for `batch_size`); the CLI adds only help.
+    `flags` renames an option's flag (e.g. {"codebook": "--codebook"} keeps a field's flag stable)."""
+    import dataclasses
+    import types
+    import typing
+
+    hints = typing.get_type_hints(params_cls)
+    defaults = {f.name: f.default for f in dataclasses.fields(params_cls)}
+    out = []
+    for name in names:
+        kind = hints[name]
+        args = typing.get_args(kind)
+        optional = (typing.get_origin(kind) in (typing.Union, types.UnionType)) and type(None) in args
+        if optional:
+            kind = next(a for a in args if a is not type(None))
+        flag = (flags or {}).get(name, "--" + name.replace("_", "-"))
+        default = defaults[name]
+        extra = {"default": default, "show_default": default is not None, "help": (help or {}).get(name)}
+        if typing.get_origin(kind) is typing.Literal:
+            extra["type"] = click.Choice([str(a) for a in typing.get_args(kind)])
+        elif kind is bool:
+            if default is False and not optional:
+                out.append(click.option(flag, name, is_flag=True, help=extra["help"]))
+                continue
+            flag = f"{flag}/--no-{flag[2:]}"
+        elif kind in (int, float, str):
+            extra["type"] = kind
+        else:
+            raise TypeError(f"{params_cls.__name__}.{name}: no command-line form for {kind}")
+        out.append(click.option(flag, name, **extra))
+    return out
+
+
+def params_from(params_cls, names, values: dict, **fixed):
+    """The stage's parameters from the parsed command line (only the fields `param_options` declared)."""
+    return params_cls(**{n: values.pop(n) for n in names}, **fixed)
+
+
 def with_options(options):
     def deco(fn):
         for opt in reversed(options):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from ..errors import UserError
+from ..stages.prune import PruneParams
 from .common import (
     ProgressBar,
     data_options,
@@ -11,6 +12,8 @@ from .common import (
     input_options,
     load_input,
     make_context,
+    param_options,
+    params_from,
     resolve_input,
     run_stage,
     stdout_console,
@@ -18,6 +21,8 @@ from .common import (
 )
 
 EXAMPLE = "dnncompress prune base.pt --sparsity auto --max-drop 0.5 --plot sens.png -o pruned.pt"
+FIELDS = ["scope", "max_drop", "plot"]
+HELP = {"max_drop": "auto: accuracy budget in points (before fine-tuning)", "plot": "auto: write the sensitivity curves as PNG"}
 
 
 def print_prune(result: dict, out) -> None:
@@ -37,18 +42,14 @@ def print_prune(result: dict, out) -> None:
 @click.command("prune", help=help_text("Magnitude-prune Conv and Linear weights: a fixed sparsity, or 'auto' from a sensitivity scan.", EXAMPLE))
 @click.argument("checkpoint", required=False)
 @click.option("--sparsity", default="0.9", show_default=True, help="fraction of weights to remove, in [0, 1), or 'auto'")
-@click.option("--scope", type=click.Choice(["layer", "global"]), default="layer", show_default=True)
-@click.option("--max-drop", default=0.5, show_default=True, type=float, help="auto: accuracy budget in points (before fine-tuning)")
+@with_options(param_options(PruneParams, FIELDS, HELP))
 @click.option("--exclude", multiple=True, help="fnmatch pattern of layers to leave dense (repeatable)")
 @click.option("--override", "overrides", multiple=True, help="per-layer sparsity, PATTERN=VALUE (e.g. conv1=0.5)")
-@click.option("--plot", type=click.Path(), default=None, help="auto: write the sensitivity curves as PNG")
 @click.option("--block", default=1, show_default=True, type=int, help="prune runs of this many contiguous weights of a row together (match pq's d)")
 @with_options(data_options + input_options)
 @click.option("-o", "--output", default=None, type=click.Path())
 @click.option("--json", "json_out", is_flag=True)
-def prune(checkpoint, sparsity, scope, max_drop, exclude, overrides, plot, block, data, data_dir, device, arch, trust, output, json_out):
-    from ..stages.prune import PruneParams
-
+def prune(checkpoint, sparsity, exclude, overrides, block, data, data_dir, device, arch, trust, output, json_out, **fields):
     parsed = {}
     for item in overrides:
         if "=" not in item:
@@ -58,8 +59,8 @@ def prune(checkpoint, sparsity, scope, max_drop, exclude, overrides, plot, block
             parsed[pattern] = float(value)
         except ValueError:
             raise UserError(f"--override '{item}': '{value}' is not a number") from None
-    params = PruneParams(sparsity=sparsity, scope=scope, max_drop=max_drop, exclude=list(exclude), overrides=parsed, plot=plot,
-                         block=block)
+    params = params_from(PruneParams, FIELDS, fields, sparsity=sparsity, exclude=list(exclude), overrides=parsed, block=block)
+    plot = params.plot
     path = resolve_input(checkpoint)
     if plot:
         from ..fileio import refuse_input

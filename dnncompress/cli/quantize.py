@@ -4,9 +4,27 @@ from __future__ import annotations
 import click
 
 from ..errors import UserError
-from .common import data_options, help_text, input_options, load_input, make_context, print_layers, run_stage, with_options
+from ..stages.quantize import QuantizeParams
+from .common import (
+    data_options,
+    help_text,
+    input_options,
+    load_input,
+    make_context,
+    param_options,
+    params_from,
+    print_layers,
+    run_stage,
+    with_options,
+)
 
 EXAMPLE = "dnncompress quantize tuned.pt --scheme fourval --exclude conv1 -o q.pt"
+FIELDS = ["scheme", "bits", "codebook", "zero", "init", "rule", "per_channel", "refit"]
+HELP = {"scheme": "fourval, ternary, asym-ternary, asym-quaternary, codebook, pq (see 'dnncompress list')",
+        "bits": "bits per code (codebook: 2–8; pq: 1–8, 2^bits centroids; the others are 2-bit)",
+        "codebook": "codebook: SQC (static) or DQC (dynamic)", "zero": "codebook: keep an exact zero value",
+        "init": "codebook initialisation", "rule": "ternary: TWN threshold rule or exact L2 fit",
+        "per_channel": "one scale per output channel (fourval, ternary, asym)", "refit": "scale re-fit per QAT step"}
 
 
 def _parse_options(items) -> dict:
@@ -38,26 +56,17 @@ def _parse_overrides(items) -> dict:
 
 @click.command("quantize", help=help_text("Quantize every Conv/Linear weight (post-training); fine-tune afterwards for QAT.", EXAMPLE))
 @click.argument("checkpoint", required=False)
-@click.option("--scheme", required=True, help="fourval, ternary, asym-ternary, asym-quaternary, codebook, pq (see 'dnncompress list')")
-@click.option("--bits", type=int, default=None, help="bits per code (codebook: 2–8; pq: 1–8, 2^bits centroids; the others are 2-bit)")
-@click.option("--codebook", "mode", type=click.Choice(["static", "dynamic"]), default=None, help="codebook: SQC (static) or DQC (dynamic)")
-@click.option("--zero/--no-zero", default=None, help="codebook: keep an exact zero value")
-@click.option("--init", type=click.Choice(["kmeans", "linear", "pow2"]), default=None, help="codebook initialisation")
-@click.option("--rule", type=click.Choice(["twn", "exact"]), default=None, help="ternary: TWN threshold rule or exact L2 fit")
-@click.option("--per-channel", is_flag=True, help="one scale per output channel (fourval, ternary, asym)")
-@click.option("--refit", type=click.Choice(["fast", "exact", "none"]), default="fast", show_default=True, help="scale re-fit per QAT step")
+@with_options(param_options(QuantizeParams, FIELDS, HELP))
 @click.option("--exclude", multiple=True, help="fnmatch pattern of layer names to leave in fp32 (repeatable)")
 @click.option("--override", "overrides", multiple=True, help="per-layer option, PATTERN:key=value (e.g. conv1:bits=8)")
 @click.option("--opt", "scheme_options", multiple=True, help="a scheme's own option, key=value (e.g. pq: d=8, table=fp32)")
 @with_options(data_options + input_options)
 @click.option("-o", "--output", default=None, type=click.Path())
 @click.option("--json", "json_out", is_flag=True)
-def quantize(checkpoint, scheme, bits, mode, zero, init, rule, per_channel, refit, exclude, overrides, scheme_options, data, data_dir, device, arch, trust, output, json_out):
-    from ..stages.quantize import QuantizeParams
-
-    params = QuantizeParams(scheme=scheme, bits=bits, per_channel=per_channel, rule=rule, codebook=mode, zero=zero, init=init,
-                            refit=refit, exclude=list(exclude), overrides=_parse_overrides(overrides),
-                            options=_parse_options(scheme_options))
+def quantize(checkpoint, exclude, overrides, scheme_options, data, data_dir, device, arch, trust, output, json_out, **fields):
+    params = params_from(QuantizeParams, FIELDS, fields, exclude=list(exclude), overrides=_parse_overrides(overrides),
+                         options=_parse_options(scheme_options))
+    scheme = params.scheme
     path, ckpt = load_input(checkpoint, arch, trust)
     out, _, result = run_stage("quantize", params, path, ckpt, output, make_context(data, data_dir, device), json_out)
     if not json_out:

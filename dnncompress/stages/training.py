@@ -154,13 +154,13 @@ def finetune_model(ckpt: dict, p: FinetuneParams, ctx: Context, extra_hooks=(), 
 
 
 def _model_hooks(model):
-    """Per-step hooks that attached quantizers ask for (e.g. periodic codebook re-fit)."""
+    """Per-step hooks that attached quantizers ask for (periodic codebook re-fit; state a resume must restore)."""
     from ..surgery import compression_of
 
     hooks = []
     for module in model.modules():
         comp = compression_of(module)
-        if comp is not None and comp.quantizer is not None and hasattr(comp.quantizer, "on_step"):
+        if comp is not None and comp.quantizer is not None and (hasattr(comp.quantizer, "on_step") or hasattr(comp.quantizer, "run_state")):
             hooks.append(comp.quantizer)
     return hooks
 
