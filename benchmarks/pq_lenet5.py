@@ -73,7 +73,7 @@ def run(base, data, sparsity, block, quant, ft_epochs=4, qat_epochs=2, qat_lr=2e
 
 
 def layer_rows(rep) -> list[list]:
-    return [[r["layer"], f"{r['params']:,}", r["scheme"], r["bits"], f"{r['codes']:,}", f"{r['index']:,}", f"{r['codebook']:,}",
+    return [[r["layer"], f"{r['params']:,}", r["scheme"], r["bits"], f"{r['codes']:,}", f"{r['index']:,}", f"{r['tables']:,}",
              f"{r['fp']:,}", f"{r['bytes']:,}"] for r in rep["layers"]] + [
         ["(container)", "", "", "", "", "", "", "", f"{rep['container_bytes']:,}"],
         ["total", f"{rep['params']:,}", "", "", "", "", "", "", f"{rep['packed_bytes']:,}"]]

@@ -55,7 +55,7 @@ def _count_bytes(spec: dict, row) -> None:
             r["scheme"] = layer["q"]["scheme"] + (" (Huffman)" if "h" in layer["c"] else "")
             r["bits"] = layer["cb"]
             r["codes"] += fragment_bytes(layer["c"])
-            r["codebook"] += sum(ref[1] * ITEMSIZE[kind] for kind, ref, _ in layer["t"].values())
+            r["tables"] += sum(ref[1] * ITEMSIZE[kind] for kind, ref, _ in layer["t"].values())
         else:
             r["scheme"] = "pruned fp"
             r["fp"] += layer["v"][1][1] * ITEMSIZE[layer["v"][0]]
@@ -72,7 +72,7 @@ def _count_bytes(spec: dict, row) -> None:
 
 
 def report_packed(dnc_path: str | os.PathLike, fp32_bytes: int | None = None, arch: str | None = None, trust: bool = False) -> dict:
-    """Per-layer bytes of a .dnc (codes / index / codebook / fp leftovers), totals and the real ratio,
+    """Per-layer bytes of a .dnc (codes / index / scheme tables / fp leftovers), totals and the real ratio,
     counted from the vetted spec after a full (architecture-bounded) decode has checked every reference."""
     spec, blobs, expected = vet_packed(dnc_path, arch, trust)
     restore(spec, blobs, dnc_path)  # every reference and count checked by a real decode (bounded by the architecture)
@@ -80,20 +80,20 @@ def report_packed(dnc_path: str | os.PathLike, fp32_bytes: int | None = None, ar
 
     def row(name):
         return rows.setdefault(name, {"layer": name or "(root)", "params": 0, "nonzeros": 0, "scheme": "fp32", "bits": 32,
-                                      "codes": 0, "index": 0, "codebook": 0, "fp": 0})
+                                      "codes": 0, "index": 0, "tables": 0, "fp": 0})
 
     try:
         _count_bytes(spec, row)
     except (KeyError, TypeError, IndexError, ValueError, AttributeError) as e:
         raise invalid_file(dnc_path, f"a layer entry lacks what its kind needs ({type(e).__name__})") from None
     out_rows = list(rows.values())
-    payload = sum(r["codes"] + r["index"] + r["codebook"] + r["fp"] for r in out_rows)
+    payload = sum(r["codes"] + r["index"] + r["tables"] + r["fp"] for r in out_rows)
     file_bytes = Path(dnc_path).stat().st_size
     container = file_bytes - payload  # safetensors header, JSON spec, word padding
     if container < 0:
         raise invalid_file(dnc_path, "layers share or overcount blob bytes")
     for r in out_rows:
-        r["bytes"] = r["codes"] + r["index"] + r["codebook"] + r["fp"]
+        r["bytes"] = r["codes"] + r["index"] + r["tables"] + r["fp"]
         r["share"] = r["bytes"] / file_bytes
         r["bits_per_weight"] = 8 * r["bytes"] / max(r["params"], 1)
     if fp32_bytes is None:

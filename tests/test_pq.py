@@ -143,3 +143,15 @@ def test_block_pruning_in_global_scope_reaches_the_count():
 def test_block_length_is_checked():
     with pytest.raises(UserError, match="block length"):
         prune(nn.Linear(4, 4), 0.5, block=0)
+
+
+def test_same_input_same_seed_same_bytes(tmp_path):
+    paths = []
+    for i in range(2):
+        torch.manual_seed(7)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 4 * 4, 10))
+        prune(model, 0.5, block={"2": 4})
+        quantize(model, scheme="pq", bits=4)
+        paths.append(tmp_path / f"{i}.dnc")
+        save_packed(model, paths[-1], entropy="huffman")
+    assert paths[0].read_bytes() == paths[1].read_bytes()

@@ -78,9 +78,9 @@ def test_every_scheme_keeps_its_contract(tmp_path, scheme, entropy):
         comp = compression_of(module)
         st = comp.quantizer.storage(shadow_weight(module).detach(), comp.mask)
         if entropy == "none":
-            assert rows[name]["codes"] + rows[name]["codebook"] == storage_bytes(st)
+            assert rows[name]["codes"] + rows[name]["tables"] == storage_bytes(st)
         else:
-            assert rows[name]["codebook"] == sum(t.numel() * t.element_size() for t in st.tables.values())
+            assert rows[name]["tables"] == sum(t.numel() * t.element_size() for t in st.tables.values())
     assert rows["a"]["fp"] > 0 and rows["b"]["fp"] == 4 * 6  # the tied weight is stored once (b keeps only its bias)
 
 

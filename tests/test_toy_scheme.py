@@ -44,7 +44,7 @@ def test_toy_scheme_through_the_whole_pipeline(in_tmp):
     rep = report_packed("m.dnc")
     assert rep["packed_bytes"] == info["bytes"] == (in_tmp / "m.dnc").stat().st_size
     fc1 = next(r for r in rep["layers"] if r["layer"] == "1")
-    assert fc1["scheme"] == "test-sign" and fc1["bits"] == 1 and fc1["codebook"] == 4  # one α
+    assert fc1["scheme"] == "test-sign" and fc1["bits"] == 1 and fc1["tables"] == 4  # one α
     kept = int(ckpt["masks"]["1"].sum())
     assert fc1["codes"] == ((kept + 31) // 32) * 4  # one bit per kept weight
     loaded = load_packed("m.dnc")

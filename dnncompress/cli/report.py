@@ -14,12 +14,12 @@ def print_report(rep: dict) -> None:
     from rich.table import Table
 
     t = Table(title=f"{rep['file']} — {rep.get('arch')}")
-    cols = ["layer", "params", "nonzeros", "scheme", "bits", "codes", "index", "codebook", "fp", "bytes", "share", "bits/w"]
+    cols = ["layer", "params", "nonzeros", "scheme", "bits", "codes", "index", "tables", "fp", "bytes", "share", "bits/w"]
     for c in cols:
         t.add_column(c, justify="left" if c in ("layer", "scheme") else "right")
     for r in rep["layers"]:
         t.add_row(r["layer"], f"{r['params']:,}", f"{r['nonzeros']:,}", r["scheme"], str(r["bits"]), f"{r['codes']:,}",
-                  f"{r['index']:,}", f"{r['codebook']:,}", f"{r['fp']:,}", f"{r['bytes']:,}", f"{100 * r['share']:.1f}%",
+                  f"{r['index']:,}", f"{r['tables']:,}", f"{r['fp']:,}", f"{r['bytes']:,}", f"{100 * r['share']:.1f}%",
                   f"{r['bits_per_weight']:.2f}")
     t.add_row("(container)", "", "", "", "", "", "", "", "", f"{rep['container_bytes']:,}",
               f"{100 * rep['container_bytes'] / rep['packed_bytes']:.1f}%", "")
