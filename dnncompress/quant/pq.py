@@ -152,6 +152,7 @@ class ProductQuantizer(Quantizer):
             valid = _pad(valid, extra, False).reshape(-1, d)
             stored = valid.any(1)
             self._mask_cache = (key, mask, valid, stored, bool(stored.all()))
+            self._train_codes = None  # a new mask (pruning moved): the stored units changed, so must the assignment
         _, _, valid, stored, everything = self._mask_cache
         return x, valid, (None if everything else stored)
 
