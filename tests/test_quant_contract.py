@@ -107,6 +107,23 @@ def test_exact_ternary_is_never_beaten_by_brute_force(name):
     assert ours <= float(((twn(w).double() - w.double()) ** 2).sum()) + 1e-9
 
 
+@pytest.mark.parametrize("scheme,pair", [("asym-ternary", lambda a: torch.cat([torch.zeros_like(a), a], 1)),
+                                          ("asym-quaternary", lambda a: torch.cat([a, 2 * a], 1))], ids=["ternary", "quaternary"])
+@pytest.mark.parametrize("name", list(_tensors()) + ["with_zeros"])
+def test_asym_is_never_beaten_by_brute_force(name, scheme, pair):
+    """Each half is fitted exactly under the scheme's sign rule (w ≥ 0 takes a positive-half level, exact
+    zeros included): no (αp, αn) on a dense grid does better with the same rule."""
+    w = _tensors()["normal"].clone() if name == "with_zeros" else _tensors()[name]
+    if name == "with_zeros":
+        w[::4] = 0.0
+    q = make_quantizer(scheme).fit(w)
+    ours = float(((q(w).double() - w.double()) ** 2).sum())
+    pos, neg = w[w >= 0], -w[w < 0]
+    brute = (_brute_error(pos, pair) if pos.numel() else 0.0) + (_brute_error(neg, pair) if neg.numel() else 0.0)
+    assert ours <= brute + 1e-9 * max(1.0, brute)
+    assert torch.all(q(w)[w == 0] >= 0)  # an exact zero is encoded on the side it was fitted on
+
+
 def test_fourval_gaussian_shape_matches_the_design_notes():
     w = torch.randn(200_000, generator=torch.Generator().manual_seed(0))
     q = make_quantizer("fourval").fit(w)
