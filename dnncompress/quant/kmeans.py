@@ -1,7 +1,13 @@
 """1-D k-means on sorted values with prefix sums (DESIGN §9): assignment is a searchsorted of
-the midpoints, a centroid is a range sum over a count. Lloyd from quantiles; optional exact zero."""
+the midpoints, a centroid is a range sum over a count.
+
+Lloyd alone stops in a poor local minimum at large k (445 % above the optimal SSE at k = 256 from
+quantiles), so `kmeans_1d` starts from the *optimal* clustering of a compressed copy of the data
+(weighted bins; exact dynamic program, divide and conquer over the monotone split points, vectorized
+per layer) and polishes it with Lloyd on all values. Optional exact zero (pinned after the DP)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -34,11 +40,81 @@ def quantile_init(x_sorted: torch.Tensor, k: int) -> torch.Tensor:
     return x_sorted[idx].float()
 
 
-def kmeans_1d(values: torch.Tensor, k: int, pin_zero: bool = False, iters: int = 100) -> torch.Tensor:
+def _bins(x: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """(means, weights) of ≤ ~m runs of the sorted values: equal-count runs, equal-width runs and the
+    most extreme values on their own (heavy tails want singleton clusters there)."""
+    n = x.size
+    if n <= m:
+        return x.astype(np.float64), np.ones(n)
+    half = m // 2
+    tails = min(m // 8, n // 2)
+    scale = max(float(x[(3 * n) // 4] - x[n // 4]), 1e-30)  # equal widths in asinh(x / IQR): linear in the bulk, log in heavy tails
+    t = np.arcsinh((x - x[n // 2]) / scale)
+    edges = np.unique(np.concatenate([
+        [0, n], (np.arange(1, half) * n) // half, np.searchsorted(t, np.linspace(t[0], t[-1], half + 1)[1:-1]),
+        np.arange(1, tails), np.arange(n - tails, n)]))
+    prefix = np.concatenate([[0.0], np.cumsum(x, dtype=np.float64)])
+    w = np.diff(edges).astype(np.float64)
+    return (prefix[edges[1:]] - prefix[edges[:-1]]) / w, w
+
+
+def optimal_weighted(mu: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
+    """Exact k-means of ascending weighted points (Wang & Song's dynamic program): D_j[i] = min_l
+    D_{j−1}[l] + cost(l, i), whose best l is monotone in i, so each layer is a divide and conquer,
+    run breadth-first with every segment of a level in one vectorized step."""
+    m = mu.size
+    k = min(k, m)
+    shift = float(np.average(mu, weights=w))
+    c = mu - shift  # centred: the prefix sums lose less to cancellation
+    W = np.concatenate([[0.0], np.cumsum(w)])
+    S = np.concatenate([[0.0], np.cumsum(w * c)])
+    Q = np.concatenate([[0.0], np.cumsum(w * c * c)])
+
+    def cost(a, b):  # SSE of points a..b−1 about their mean
+        return (Q[b] - Q[a]) - (S[b] - S[a]) ** 2 / (W[b] - W[a])
+
+    D = np.full(m + 1, np.inf)
+    D[1:] = cost(np.zeros(m, dtype=np.int64), np.arange(1, m + 1))
+    splits = []
+    for j in range(2, k + 1):
+        Dj, best_of = np.full(m + 1, np.inf), np.zeros(m + 1, dtype=np.int64)
+        lo, hi, olo, ohi = (np.array([v]) for v in (j, m, j - 1, m - 1))
+        while lo.size:
+            mid = (lo + hi) // 2
+            lens = np.minimum(ohi, mid - 1) - olo + 1
+            offs = np.concatenate([[0], np.cumsum(lens)[:-1]])
+            seg = np.repeat(np.arange(lo.size), lens)
+            cand = olo[seg] + np.arange(seg.size) - offs[seg]
+            val = D[cand] + cost(cand, mid[seg])
+            mins = np.minimum.reduceat(val, offs)
+            at = np.flatnonzero(val <= mins[seg])
+            first = np.empty(at.size, dtype=bool)
+            first[0] = True
+            np.not_equal(seg[at][1:], seg[at][:-1], out=first[1:])
+            best = cand[at[first]]
+            Dj[mid], best_of[mid] = mins, best
+            left, right = lo <= mid - 1, mid + 1 <= hi
+            lo, hi, olo, ohi = (np.concatenate([lo[left], mid[right] + 1]), np.concatenate([mid[left] - 1, hi[right]]),
+                                np.concatenate([olo[left], best[right]]), np.concatenate([best[left], ohi[right]]))
+        D = Dj
+        splits.append(best_of)
+    bounds = [m]
+    for best_of in reversed(splits):
+        bounds.append(int(best_of[bounds[-1]]))
+    b = np.array([0] + bounds[::-1])
+    return (S[b[1:]] - S[b[:-1]]) / (W[b[1:]] - W[b[:-1]]) + shift
+
+
+def kmeans_1d(values: torch.Tensor, k: int, pin_zero: bool = False, iters: int = 300) -> torch.Tensor:
+    """k centroids of 1-D values: optimal on 16·k weighted bins, then Lloyd on every value."""
     x = torch.sort(values.flatten().float()).values
     if x.numel() == 0:
         return torch.zeros(k)
-    return lloyd_sorted(x, quantile_init(x, k), iters, pin_zero)
+    xs = x.double().cpu().numpy()
+    start = optimal_weighted(*_bins(xs, max(16 * k, 1024)), k)
+    if start.size < k:  # fewer distinct runs than centroids: repeat (duplicates cost nothing)
+        start = np.resize(start, k)
+    return lloyd_sorted(x, torch.from_numpy(start).float(), iters, pin_zero)
 
 
 def sse(values: torch.Tensor, centroids: torch.Tensor) -> float:

@@ -1,0 +1,67 @@
+"""1-D k-means quality and speed (issue 11): dnncompress's codebook fit against the optimal SSE
+(`kmeans1d`) and scikit-learn's time, at k = 4..256 on Gaussian, Laplace and heavy-tailed data.
+Targets: within 0.1 % of the optimal SSE, in at most 1/5 of scikit-learn's time. Writes
+docs/results/quant_5_kmeans1d.md.
+
+    pip install kmeans1d   (the bench extra)
+    python benchmarks/kmeans_bench.py [--n 100000]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from common import table, write_section
+from sklearn.cluster import KMeans
+
+from dnncompress.quant.kmeans import kmeans_1d, sse
+
+CMD = "python benchmarks/kmeans_bench.py"
+KS = (4, 16, 32, 64, 128, 256)
+
+
+def data(n: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    u = torch.rand(n, generator=g, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+    return {"Gaussian": torch.randn(n, generator=g),
+            "Laplace": (-torch.sign(u - 0.5) * torch.log1p(-2 * (u - 0.5).abs())).float(),
+            "Student-t (2 dof, heavy tails)": (torch.randn(n, generator=g) / torch.sqrt(torch.distributions.Chi2(2.0).sample((n,)) / 2)).float()}
+
+
+def main():
+    import kmeans1d
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=100_000)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    rows, worst_gap, worst_time = [], 0.0, 0.0
+    for name, x in data(args.n).items():
+        xs = x.double().numpy()
+        for k in KS:
+            t = time.perf_counter()
+            ours = kmeans_1d(x, k)
+            t_ours = time.perf_counter() - t
+            t = time.perf_counter()
+            _, opt = kmeans1d.cluster(xs, k)
+            t_opt = time.perf_counter() - t
+            t = time.perf_counter()
+            KMeans(k, n_init=1, random_state=0).fit(xs.reshape(-1, 1))
+            t_sk = time.perf_counter() - t
+            gap = 100 * (sse(x, ours) / sse(x, torch.tensor(opt)) - 1)
+            worst_gap, worst_time = max(worst_gap, gap), max(worst_time, t_ours / t_sk)
+            rows.append([name, k, f"{gap:.4f} %", f"{t_ours:.3f}", f"{t_opt:.3f}", f"{t_sk:.3f}", f"1/{t_sk / t_ours:.1f}"])
+            print(rows[-1], flush=True)
+    body = (f"{args.n:,} values per distribution (seed 0). 'gap' = our SSE / the optimal SSE (`kmeans1d`, exact) − 1. "
+            "Ours: the exact dynamic program on ≤ ~16·k weighted bins (equal-count, equal-width in asinh(x/IQR), the extreme "
+            "values alone), then Lloyd on every value. scikit-learn: `KMeans(k, n_init=1)`.\n\n")
+    body += table(["data", "k", "gap to optimal", "ours s", "kmeans1d s", "scikit-learn s", "ours / scikit-learn"], rows)
+    body += (f"\n\nWorst gap {worst_gap:.4f} % (target ≤ 0.1 %: {'met' if worst_gap <= 0.1 else 'MISSED'}); worst time "
+             f"{worst_time:.2f}× scikit-learn's (target ≤ 0.20×: {'met' if worst_time <= 0.2 else 'MISSED'}). Before this change "
+             "(Lloyd from quantiles, 100 iterations) the gap was 12 % at k = 32 and 445 % at k = 256 on Gaussian data.")
+    write_section("quant_5_kmeans1d", "1-D k-means: gap to the optimal SSE and time (issue 11)", body, CMD)
+
+
+if __name__ == "__main__":
+    main()
