@@ -29,6 +29,7 @@ class ModelConfig:
 class DataConfig:
     name: str = "mnist"
     root: str | None = None  # --data-dir; None = the embedded data
+    val_split: float = 0.1  # held out of the training data for choosing (auto, joint); the test split only reports
 
 
 @dataclass
@@ -258,7 +259,7 @@ def _check_run(cfg: RunConfig, p: Path, where: _Where, trust: bool) -> None:
     """What `run` would reject, found by `validate`: names, files, devices, seeds and output paths."""
     import re
 
-    from .data import DATASETS
+    from .data import DATASETS, check_val_split
     from .fileio import require_file
     from .models.zoo import check_arch_from_file
     from .stages import STAGES
@@ -276,6 +277,10 @@ def _check_run(cfg: RunConfig, p: Path, where: _Where, trust: bool) -> None:
             DATASETS.get(cfg.data.name)
         except UserError as e:
             raise UserError(f"{where(('data', 'name'))}: {e}") from None
+    try:
+        check_val_split(cfg.data.val_split)
+    except UserError as e:
+        raise UserError(f"{where(('data', 'val_split'))}: {e}") from None
     if cfg.data.root is not None and not Path(cfg.data.root).is_dir():
         raise UserError(f"{where(('data', 'root'))}: data.root '{cfg.data.root}' does not exist; give the folder with the dataset files")
     archs = [(("model", "arch"), cfg.model.arch, cfg.model.arch_kwargs)]

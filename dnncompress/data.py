@@ -28,6 +28,7 @@ class DataBundle:
     num_classes: int
     augment: bool = False  # random crop + flip in training (CIFAR)
     source: str = ""
+    val: TensorDataset | None = None  # held out of the training data: what searches choose on (never the test split)
 
     def arch_kwargs(self) -> dict:
         """What a model needs to know about this data to be built for it."""
@@ -38,10 +39,29 @@ class DataBundle:
 DATASETS: Registry = Registry("dataset")
 
 
-def load_data(name: str, data_dir: str | None = None, input_shape=None, seed: int = 0) -> DataBundle:
-    """Load dataset `name`; `input_shape` only matters for `synthetic`, which takes the model's."""
+VAL_SPLIT = 0.1
+VAL_SEED = 20261202
+
+
+def check_val_split(v) -> float:
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0.0 <= float(v) <= 0.5:
+        raise UserError(f"val_split must be a fraction in [0, 0.5] of the training data, got {v!r}")
+    return float(v)
+
+
+def load_data(name: str, data_dir: str | None = None, input_shape=None, seed: int = 0, val_split: float = VAL_SPLIT) -> DataBundle:
+    """Load dataset `name`; `input_shape` only matters for `synthetic`, which takes the model's. A fixed
+    `val_split` of the training data is held out as `val` (0 keeps it all for training); like the test
+    split it does not follow the training seed, so runs with different seeds choose on the same images."""
     loader = DATASETS.get(name)
-    return loader(data_dir=data_dir, input_shape=input_shape, seed=seed)
+    bundle = loader(data_dir=data_dir, input_shape=input_shape, seed=seed)
+    n_val = int(round(check_val_split(val_split) * len(bundle.train)))
+    if n_val:
+        x, y = bundle.train.tensors
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(VAL_SEED))
+        bundle.val = TensorDataset(x[perm[:n_val]], y[perm[:n_val]])
+        bundle.train = TensorDataset(x[perm[n_val:]], y[perm[n_val:]])
+    return bundle
 
 
 def _split(x: torch.Tensor, y: torch.Tensor, n_test: int, seed: int):

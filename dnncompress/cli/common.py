@@ -131,11 +131,26 @@ class ProgressBar:
             self.progress.update(self.task, completed=event["done"], info=event.get("info", ""))
 
 
-def make_context(data=None, data_dir=None, device="auto", seed=0, progress=None, resume=False, snapshot_every=200):
+def make_context(data=None, data_dir=None, device="auto", seed=0, progress=None, resume=False, snapshot_every=200, val_split=None):
     from ..stages import Context
 
+    click_ctx = click.get_current_context(silent=True)
+    if val_split is None and click_ctx is not None:
+        val_split = click_ctx.meta.get("val_split")  # --val-split (a data option every data command has)
     return Context(data_name=data, data_dir=data_dir, device=device, seed=seed, progress=progress,
-                   log=lambda m: click.echo(m, err=True), resume=resume, snapshot_every=snapshot_every)
+                   log=lambda m: click.echo(m, err=True), resume=resume, snapshot_every=snapshot_every, val_split=val_split)
+
+
+def _keep_val_split(ctx, param, value):
+    if value is not None:
+        from ..data import check_val_split
+
+        try:
+            value = check_val_split(value)
+        except UserError as e:
+            raise click.BadParameter(str(e)) from None
+    ctx.meta["val_split"] = value
+    return value
 
 
 def run_stage(name, params, input_path, ckpt, output, ctx, json_out=False):
@@ -176,6 +191,9 @@ data_options = [
     click.option("--data", "data", default=None, help="dataset: mnist, cifar10, cifar100, digits, synthetic (default: the checkpoint's)"),
     click.option("--data-dir", default=None, type=click.Path(), help="folder with the dataset files (MNIST IDX, CIFAR python batches)"),
     click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 …"),
+    click.option("--val-split", type=float, default=None, expose_value=False, callback=_keep_val_split,
+                 help="fraction of the training data held out for choosing (auto, joint); the test split only reports "
+                      "[default: the checkpoint's, else 0.1]"),
 ]
 resume_options = [
     click.option("--resume", is_flag=True, help="continue a killed run from its last snapshot (same command, same output)"),

@@ -35,6 +35,8 @@ def run(config, overrides, data, data_dir, device, trust, resume, snapshot_every
     with ProgressBar("run") as bar:
         ctx = make_context(data or cfg.data.name, data_dir or cfg.data.root, device if device != "auto" else cfg.device, cfg.seed, bar,
                            resume, snapshot_every)
+        if ctx.val_split is None:
+            ctx.val_split = cfg.data.val_split
         run_config(cfg, ctx, on_stage)
     if json_out:
         click.echo(json.dumps({"config": config, "stages": results}))

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import save_checkpoint
-from ..data import DataBundle, load_data
+from ..data import VAL_SPLIT, DataBundle, load_data
 from ..errors import UserError
 from ..fileio import atomic_path, check_writable_dir
 from ..models import default_input_shape
@@ -54,6 +54,7 @@ class Context:
 
     data_name: str | None = None
     data_dir: str | None = None
+    val_split: float | None = None  # None: what the checkpoint was trained with (else data.VAL_SPLIT)
     device: str = "auto"
     seed: int = 0
     progress: Callable[[dict], None] | None = None
@@ -115,10 +116,18 @@ class Context:
         data_dir = self.data_dir if self.data_name or self.data_dir else ds.get("data_dir")
         arch = arch or (ckpt or {}).get("arch")
         shape = tuple(ds.get("input_shape") or default_input_shape(arch or ""))
-        key = (name, data_dir, shape)
+        val_split = self.val_split if self.val_split is not None else ds.get("val_split", VAL_SPLIT)
+        key = (name, data_dir, shape, val_split)
         if key not in self._cache:
-            self._cache[key] = load_data(name, data_dir, input_shape=shape, seed=self.seed)
+            self._cache[key] = load_data(name, data_dir, input_shape=shape, seed=self.seed, val_split=val_split)
         return self._cache[key]
+
+    def validation(self, ckpt: dict | None, what: str):
+        """The held-out split a search chooses on; the test split only reports."""
+        bundle = self.data_for(ckpt)
+        if bundle.val is None or not len(bundle.val):
+            raise UserError(f"{what} chooses on a validation split, and this run has none: pass --val-split 0.1 (or data.val_split)")
+        return bundle.val
 
 
 def params_dict(params: Any) -> dict:

@@ -53,14 +53,14 @@ def joint_stage(ckpt, p: JointParams, ctx: Context) -> StageOutput:
 
     if ckpt.get("quant") or ckpt.get("masks"):
         raise UserError("joint starts from an uncompressed checkpoint (no masks, no quantizers)")
-    bundle = ctx.data_for(ckpt)
+    val = ctx.validation(ckpt, "joint")
     model = model_from_checkpoint(ckpt).eval()
     layers = compressible_layers(model, p.include, p.exclude)
     fp32_bytes = fp32_file_bytes(ckpt["state_dict"])
     compressed_keys = {weight_key(n) for n in layers}
     leftovers = joint.leftover_bytes(ckpt["state_dict"], compressed_keys)
     target = p.target_bytes or fp32_bytes / p.target_ratio
-    scanned = ctx.memo("scan", lambda: joint.scan(layers, lambda: evaluate(model, bundle.test, device=ctx.device)["accuracy"],
+    scanned = ctx.memo("scan", lambda: joint.scan(layers, lambda: evaluate(model, val, device=ctx.device)["accuracy"],
                                                   p.sparsities, p.bits, ctx.progress))
     choice, _ = joint.choose(scanned["table"], target - leftovers - 2048)
     sizes = {n: m.weight.numel() for n, m in layers.items()}
@@ -79,7 +79,7 @@ def joint_stage(ckpt, p: JointParams, ctx: Context) -> StageOutput:
     out, qr = finetune_model(quantized, dataclasses.replace(ft, epochs=p.qat_epochs, agp=None), ctx, phase="qat")
     rep = report_checkpoint(out, p.entropy)
     base_acc = scanned["baseline"]
-    result = {"layers": rows, "target_bytes": int(target), "estimated_bytes": joint.estimated_total(choice, leftovers),
+    result = {"chosen_on": f"validation ({len(val)} samples)", "layers": rows, "target_bytes": int(target), "estimated_bytes": joint.estimated_total(choice, leftovers),
               "packed_bytes": rep["packed_bytes"], "fp32_bytes": rep["fp32_bytes"], "ratio": rep["ratio"],
               "baseline_accuracy": base_acc, "accuracy_after_prune": pr["accuracy"], "accuracy": qr["accuracy"],
               "accuracy_drop": base_acc - qr["accuracy"], "entropy": p.entropy}

@@ -60,13 +60,14 @@ def prune_stage(ckpt, p: PruneParams, ctx: Context) -> StageOutput:
         from ..prune.sensitivity import auto_sparsity, plot_curves
 
         try:
-            bundle = ctx.data_for(ckpt)
+            val = ctx.validation(ckpt, "--sparsity auto")
         except UserError as e:
             raise UserError(f"--sparsity auto needs data for the sensitivity scan: {e}") from None
         model.eval()
-        auto = auto_sparsity(layers, lambda: evaluate(model, bundle.test, device=ctx.device)["accuracy"], p.max_drop, progress=ctx.progress)
+        auto = auto_sparsity(layers, lambda: evaluate(model, val, device=ctx.device)["accuracy"], p.max_drop, progress=ctx.progress)
         targets = auto["targets"]
-        result.update({"auto": {"baseline": auto["baseline"], "measured_drop": auto["measured_drop"], "max_drop": p.max_drop,
+        result.update({"auto": {"chosen_on": f"validation ({len(val)} samples)", "baseline": auto["baseline"],
+                                "measured_drop": auto["measured_drop"], "max_drop": p.max_drop,
                                 "targets": targets, "curves": {n: [list(x) for x in c] for n, c in auto["curves"].items()}}})
         if p.plot:
             plot_curves(auto["curves"], p.plot, targets)

@@ -6,6 +6,7 @@ from typing import Literal
 
 from ..checkpoint import derive, new_checkpoint
 from ..checks import finite, training_numbers, whole
+from ..data import VAL_SPLIT
 from ..errors import UserError
 from ..models import build_model
 from ..surgery import model_from_checkpoint, update_checkpoint
@@ -88,7 +89,8 @@ def _settings(p, ctx: Context, augment: bool) -> TrainSettings:
 
 
 def _dataset_record(bundle, ctx: Context) -> dict:
-    return {"name": bundle.name, "data_dir": ctx.data_dir, "input_shape": list(bundle.input_shape), "num_classes": bundle.num_classes}
+    return {"name": bundle.name, "data_dir": ctx.data_dir, "input_shape": list(bundle.input_shape), "num_classes": bundle.num_classes,
+            "val_split": ctx.val_split if ctx.val_split is not None else VAL_SPLIT}
 
 
 @register_stage("train", TrainParams, suffix="base", needs_input=False)
