@@ -30,6 +30,7 @@ class DataConfig:
     name: str = "mnist"
     root: str | None = None  # --data-dir; None = the embedded data
     val_split: float = 0.1  # held out of the training data for choosing (auto, joint); the test split only reports
+    options: dict = field(default_factory=dict)  # the dataset's own options, e.g. imagefolder: {image_size: 64}
 
 
 @dataclass
@@ -272,11 +273,17 @@ def _check_run(cfg: RunConfig, p: Path, where: _Where, trust: bool) -> None:
         raise UserError(f"{where(('seed',))}: seed must be in [0, 2^63), got {cfg.seed}")
     if not cfg.output_dir.strip():
         raise UserError(f"{where(('output_dir',))}: output_dir must be a directory name, got ''")
-    if cfg.data.name not in DATASETS:
+    if ":" in cfg.data.name:
+        if not trust:
+            raise UserError(f"{where(('data', 'name'))}: the data factory '{cfg.data.name}' is code named in a file; "
+                            "pass --trust to run the config (or --data with the same name)")
+    elif cfg.data.name not in DATASETS:
         try:
             DATASETS.get(cfg.data.name)
         except UserError as e:
             raise UserError(f"{where(('data', 'name'))}: {e}") from None
+    if not all(isinstance(k, str) and isinstance(v, (str, int, float, bool, type(None))) for k, v in cfg.data.options.items()):
+        raise UserError(f"{where(('data', 'options'))}: data options must map names to plain values")
     try:
         check_val_split(cfg.data.val_split)
     except UserError as e:

@@ -49,12 +49,20 @@ def check_val_split(v) -> float:
     return float(v)
 
 
-def load_data(name: str, data_dir: str | None = None, input_shape=None, seed: int = 0, val_split: float = VAL_SPLIT) -> DataBundle:
+def load_data(name: str, data_dir: str | None = None, input_shape=None, seed: int = 0, val_split: float = VAL_SPLIT,
+              options: dict | None = None) -> DataBundle:
     """Load dataset `name`; `input_shape` only matters for `synthetic`, which takes the model's. A fixed
     `val_split` of the training data is held out as `val` (0 keeps it all for training); like the test
     split it does not follow the training seed, so runs with different seeds choose on the same images."""
-    loader = DATASETS.get(name)
-    bundle = loader(data_dir=data_dir, input_shape=input_shape, seed=seed)
+    options = dict(options or {})
+    if isinstance(name, str) and ":" in name:  # package.module:function the user named
+        bundle = factory_data(name, seed=seed, **options)
+    else:
+        loader = DATASETS.get(name)
+        try:
+            bundle = loader(data_dir=data_dir, input_shape=input_shape, seed=seed, **options)
+        except TypeError as e:
+            raise UserError(f"dataset '{name}' does not take the options {sorted(options)}: {str(e)[:120]}") from None
     n_val = int(round(check_val_split(val_split) * len(bundle.train)))
     if n_val:
         x, y = bundle.train.tensors
@@ -207,3 +215,102 @@ def synthetic(data_dir=None, input_shape=None, seed=0, n_train: int = 512, n_tes
     train = TensorDataset(x[:n_train], y[:n_train])
     test = TensorDataset(x[n_train:], y[n_train:])
     return DataBundle("synthetic", train, test, shape, 10, source="synthetic prototypes + noise")
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+MAX_IMAGES = 200_000  # images are decoded into memory once: a folder this size needs ~120 GB at 224²
+
+
+def _folder_tensors(folder: Path, size: int, resize: int, classes: list[str] | None):
+    from torchvision import datasets, transforms
+
+    tf = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(size), transforms.ToTensor(),
+                             transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    try:
+        ds = datasets.ImageFolder(str(folder), transform=tf)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise UserError(f"{folder}: {str(e).splitlines()[0][:200]}; put one sub-folder of images per class there") from None
+    if classes is not None and ds.classes != classes:
+        raise UserError(f"{folder} has classes {ds.classes[:5]}…, train/ has {classes[:5]}…; both need the same class folders")
+    if len(ds) > MAX_IMAGES:
+        raise UserError(f"{folder} has {len(ds):,} images; imagefolder decodes them into memory, at most {MAX_IMAGES:,}")
+    xs, ys = [], []
+    for i in range(len(ds)):
+        try:
+            x, y = ds[i]
+        except Exception as e:  # a damaged image is the user's to fix
+            raise UserError(f"cannot read {ds.samples[i][0]}: {type(e).__name__}: {str(e)[:120]}") from None
+        xs.append(x)
+        ys.append(y)
+    return TensorDataset(torch.stack(xs), torch.tensor(ys, dtype=torch.int64)), ds.classes
+
+
+@DATASETS.register("imagefolder")
+def imagefolder(data_dir=None, input_shape=None, seed=0, image_size: int = 224, resize: int | None = None) -> DataBundle:
+    """torchvision's ImageFolder layout: DIR/train/<class>/*.jpg and DIR/val/<class>/*.jpg (val is the
+    reported test split; the validation split is held out of train/). Resize → center crop → ImageNet
+    normalization; `image_size` and `resize` (default 1.14 × image_size) come from the config's data."""
+    if data_dir is None:
+        raise UserError("imagefolder needs --data-dir DIR with DIR/train/<class>/ and DIR/val/<class>/ image folders")
+    root = Path(data_dir)
+    for part in ("train", "val"):
+        if not (root / part).is_dir():
+            raise UserError(f"{root} has no {part}/ folder; imagefolder needs {root}/train/<class>/ and {root}/val/<class>/")
+    if not isinstance(image_size, int) or not 8 <= image_size <= 1024:
+        raise UserError(f"imagefolder image_size must be an integer 8..1024, got {image_size!r}")
+    resize = resize if resize is not None else int(round(image_size * 256 / 224))
+    train, classes = _folder_tensors(root / "train", image_size, resize, None)
+    test, _ = _folder_tensors(root / "val", image_size, resize, classes)
+    return DataBundle("imagefolder", train, test, (3, image_size, image_size), len(classes), source=str(root))
+
+
+def _as_tensor_dataset(obj, what: str, source: str) -> TensorDataset:
+    """A TensorDataset from what a user factory returned: a TensorDataset, any (x, y) dataset, a DataLoader, or (x, y) tensors."""
+    if isinstance(obj, TensorDataset) and len(obj.tensors) == 2:
+        return obj
+    if isinstance(obj, tuple) and len(obj) == 2 and all(isinstance(t, torch.Tensor) for t in obj):
+        return TensorDataset(obj[0].float(), obj[1].long())
+    try:
+        if isinstance(obj, torch.utils.data.DataLoader):
+            batches = [(x, y) for x, y in obj]
+            xs, ys = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+        else:
+            pairs = [obj[i] for i in range(len(obj))]
+            xs, ys = torch.stack([torch.as_tensor(p[0]) for p in pairs]), torch.tensor([int(p[1]) for p in pairs])
+    except Exception as e:
+        raise UserError(f"{source}: its {what} split must be a dataset or DataLoader of (input, label) pairs ({type(e).__name__})") from None
+    if not len(xs):
+        raise UserError(f"{source}: its {what} split is empty")
+    return TensorDataset(xs.float(), ys.long())
+
+
+def factory_data(name: str, seed: int = 0, **options) -> DataBundle:
+    """`package.module:function` (named by the user) returning (train, test) or {"train", "test", "num_classes"?}."""
+    import importlib
+
+    module_name, _, attr = name.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise UserError(f"cannot import the data factory '{name}': {type(e).__name__}: {str(e)[:160]}") from None
+    try:
+        out = fn(**options)
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"the data factory '{name}' failed: {type(e).__name__}: {str(e)[:160]}") from None
+    classes = None
+    if isinstance(out, dict):
+        classes = out.get("num_classes")
+        out = (out.get("train"), out.get("test"))
+    if not isinstance(out, (tuple, list)) or len(out) != 2 or any(o is None for o in out):
+        raise UserError(f"the data factory '{name}' must return (train, test) or {{'train': …, 'test': …}}, got {type(out).__name__}")
+    train, test = (_as_tensor_dataset(o, w, name) for o, w in zip(out, ("train", "test")))
+    shape = tuple(train.tensors[0].shape[1:])
+    if len(shape) != 3 or tuple(test.tensors[0].shape[1:]) != shape:
+        raise UserError(f"the data factory '{name}' must give C×H×W inputs, the same for train and test; got {shape} and "
+                        f"{tuple(test.tensors[0].shape[1:])}")
+    labels = torch.cat([train.tensors[1], test.tensors[1]])
+    if labels.min() < 0:
+        raise UserError(f"the data factory '{name}' gave negative labels")
+    return DataBundle(name, train, test, shape, int(classes or int(labels.max()) + 1), source=f"factory {name}")

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn as nn
 
+from .calibrate import calibrate
 from .errors import UserError
 from .quant import make_quantizer
 from .surgery import attach, compressible_layers, compression_of, shadow_weight
@@ -41,13 +42,16 @@ def quantize(
     include: Iterable[str] = ("*",),
     exclude: Iterable[str] = (),
     overrides: dict | None = None,
+    calibration=None,
     **options,
 ) -> list[dict]:
     """Put a fitted quantizer on each Conv/Linear (any module with a 2-D+ weight) matching include/exclude.
 
     `overrides` maps fnmatch patterns of module names to option dicts (e.g. {"conv1": {"bits": 8}});
     an override may also change the scheme, or set `skip: true` to leave a layer in fp32.
-    Existing pruning masks are respected. Returns the per-layer summary.
+    Existing pruning masks are respected. `calibration` (a tensor of inputs, a list of batches or a
+    DataLoader of (x, y)) turns on calibrated PTQ: each layer minimizes its output error on them
+    (`dnncompress.calibrate`). Returns the per-layer summary.
     """
     if "codebook" in options:  # the CLI's name for the codebook mode
         options["mode"] = options.pop("codebook")
@@ -65,8 +69,35 @@ def quantize(
         w = shadow_weight(module)
         q.to(w.device).fit(w.detach(), mask)
         attach(module, quantizer=q)
-        summary.append(layer_summary(name, module))
+    if calibration is not None:
+        errors = {r["layer"]: r for r in calibrate(model, calibration_batches(calibration, next(model.parameters()).device))}
+    else:
+        errors = {}
+    for name, module in layers.items():
+        if compression_of(module) is not None and compression_of(module).quantizer is not None:
+            row = layer_summary(name, module)
+            if name in errors:
+                row.update({k: v for k, v in errors[name].items() if k != "layer"})
+            summary.append(row)
     return summary
+
+
+def calibration_batches(data, device, batch_size: int = 64) -> list[torch.Tensor]:
+    """Input batches from a tensor, a list of tensors or a DataLoader/iterable of (x, y)."""
+    if isinstance(data, torch.Tensor):
+        return [b.to(device) for b in data.split(batch_size)]
+    out = []
+    try:
+        for item in data:
+            x = item[0] if isinstance(item, (tuple, list)) else item
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(type(x).__name__)
+            out.append(x.to(device))
+    except TypeError as e:
+        raise UserError(f"calibration data must be a tensor of inputs, a list of them or a DataLoader of (x, y), got {e}") from None
+    if not out:
+        raise UserError("calibration data is empty")
+    return out
 
 
 @torch.no_grad()

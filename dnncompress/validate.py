@@ -123,6 +123,9 @@ def check_checkpoint(ckpt: dict, source, named: str | None = None, trust: bool =
     check_state(ckpt.get("state_dict"), expected, ckpt["arch"], source)
     check_masks(ckpt["masks"], expected, source)
     check_quant(ckpt["quant"], expected, source)
+    options = ckpt["dataset"].get("options", {})
+    if not isinstance(options, dict) or not all(isinstance(k, str) and isinstance(v, (str, int, float, bool, type(None))) for k, v in options.items()):
+        raise UserError(f"{source}: dataset.options must map names to plain values")
     shape = ckpt["dataset"].get("input_shape")
     if shape is not None and (not isinstance(shape, list) or len(shape) != 3 or not all(isinstance(d, int) and 0 < d <= 4096 for d in shape)):
         raise UserError(f"{source}: dataset.input_shape must be 3 positive integers, got {str(shape)[:40]}")

@@ -135,10 +135,25 @@ def make_context(data=None, data_dir=None, device="auto", seed=0, progress=None,
     from ..stages import Context
 
     click_ctx = click.get_current_context(silent=True)
-    if val_split is None and click_ctx is not None:
-        val_split = click_ctx.meta.get("val_split")  # --val-split (a data option every data command has)
+    meta = click_ctx.meta if click_ctx is not None else {}
+    if val_split is None:
+        val_split = meta.get("val_split")  # --val-split and --data-opt: data options every data command has
     return Context(data_name=data, data_dir=data_dir, device=device, seed=seed, progress=progress,
-                   log=lambda m: click.echo(m, err=True), resume=resume, snapshot_every=snapshot_every, val_split=val_split)
+                   log=lambda m: click.echo(m, err=True), resume=resume, snapshot_every=snapshot_every, val_split=val_split,
+                   data_options=dict(meta.get("data_options") or {}))
+
+
+def _keep_data_options(ctx, param, values):
+    import yaml
+
+    out = {}
+    for item in values or ():
+        if "=" not in item:
+            raise click.BadParameter(f"'{item}' must look like key=value, e.g. image_size=64")
+        key, value = item.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    ctx.meta["data_options"] = out
+    return out
 
 
 def _keep_val_split(ctx, param, value):
@@ -188,9 +203,13 @@ def print_result(name, out, result):
 
 
 data_options = [
-    click.option("--data", "data", default=None, help="dataset: mnist, cifar10, cifar100, digits, synthetic (default: the checkpoint's)"),
-    click.option("--data-dir", default=None, type=click.Path(), help="folder with the dataset files (MNIST IDX, CIFAR python batches)"),
+    click.option("--data", "data", default=None, help="dataset: mnist, cifar10, cifar100, digits, imagefolder, synthetic, or your own "
+                 "package.module:function returning (train, test) (default: the checkpoint's)"),
+    click.option("--data-dir", default=None, type=click.Path(),
+                 help="folder with the dataset files (MNIST IDX, CIFAR python batches, imagefolder's train/ and val/)"),
     click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 …"),
+    click.option("--data-opt", multiple=True, expose_value=False, callback=_keep_data_options,
+                 help="the dataset's own option, key=value (repeatable; imagefolder: image_size=64, resize=72; a factory: its kwargs)"),
     click.option("--val-split", type=float, default=None, expose_value=False, callback=_keep_val_split,
                  help="fraction of the training data held out for choosing (auto, joint); the test split only reports "
                       "[default: the checkpoint's, else 0.1]"),

@@ -37,6 +37,7 @@ def run(config, overrides, data, data_dir, device, trust, resume, snapshot_every
                            resume, snapshot_every)
         if ctx.val_split is None:
             ctx.val_split = cfg.data.val_split
+        ctx.data_options = {**cfg.data.options, **ctx.data_options}
         run_config(cfg, ctx, on_stage)
     if json_out:
         click.echo(json.dumps({"config": config, "stages": results}))

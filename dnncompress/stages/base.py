@@ -55,6 +55,7 @@ class Context:
     data_name: str | None = None
     data_dir: str | None = None
     val_split: float | None = None  # None: what the checkpoint was trained with (else data.VAL_SPLIT)
+    data_options: dict = field(default_factory=dict)  # the dataset's own options (imagefolder sizes, a factory's kwargs)
     device: str = "auto"
     seed: int = 0
     progress: Callable[[dict], None] | None = None
@@ -113,13 +114,16 @@ class Context:
         name = self.data_name or ds.get("name")
         if not name:
             raise UserError("no dataset known for this checkpoint; pass --data NAME")
+        if not self.data_name and isinstance(name, str) and ":" in name:  # never run code a file names
+            raise UserError(f"this checkpoint's data comes from the factory '{name}': name it with --data {name} to run it")
+        options = self.data_options if self.data_name else (ds.get("options") or {})
         data_dir = self.data_dir if self.data_name or self.data_dir else ds.get("data_dir")
         arch = arch or (ckpt or {}).get("arch")
         shape = tuple(ds.get("input_shape") or default_input_shape(arch or ""))
         val_split = self.val_split if self.val_split is not None else ds.get("val_split", VAL_SPLIT)
-        key = (name, data_dir, shape, val_split)
+        key = (name, data_dir, shape, val_split, tuple(sorted(options.items())))
         if key not in self._cache:
-            self._cache[key] = load_data(name, data_dir, input_shape=shape, seed=self.seed, val_split=val_split)
+            self._cache[key] = load_data(name, data_dir, input_shape=shape, seed=self.seed, val_split=val_split, options=options)
         return self._cache[key]
 
     def validation(self, ckpt: dict | None, what: str):

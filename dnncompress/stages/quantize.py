@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..checkpoint import derive
+from ..checks import whole
 from ..errors import UserError
 from ..quant import SCHEMES
 from ..quantize_model import merge_override, quantize
@@ -26,6 +27,7 @@ class QuantizeParams:
     refit_every: int | None = None  # dynamic codebook only
     refit: Literal["fast", "exact", "none"] = "fast"  # scale re-fit per QAT step (fourval/ternary/asym)
     options: dict = field(default_factory=dict)  # any scheme's own options by name, e.g. pq: {d: 4, table: fp16}
+    calibrate: int = 0  # calibrated PTQ (GPTQ-style, the scheme's own levels) on this many validation samples; 0: data-free
     include: list = field(default_factory=lambda: ["*"])
     exclude: list = field(default_factory=list)
     overrides: dict = field(default_factory=dict)
@@ -36,6 +38,7 @@ class QuantizeParams:
         from ..quant import make_quantizer
 
         make_quantizer(self.scheme, **self.quantizer_options())  # conflicts fail at validation, not after loading data
+        whole(self.calibrate, "calibrate", 0, 1 << 24)
         if not isinstance(self.options, dict) or not all(isinstance(k, str) for k in self.options):
             raise UserError("quantize options must map option names to values, e.g. {d: 4}")
         if not isinstance(self.overrides, dict):
@@ -67,9 +70,15 @@ def quantize_stage(ckpt, p: QuantizeParams, ctx: Context) -> StageOutput:
     model = model_from_checkpoint(ckpt)
     if ckpt.get("quant"):
         raise UserError("this checkpoint is already quantized; quantize its unquantized parent instead")
-    summary = quantize(model, p.scheme, p.include, p.exclude, p.overrides, **p.quantizer_options())
+    calibration = None
+    if p.calibrate:
+        val = ctx.validation(ckpt, "--calibrate")
+        calibration = val.tensors[0][: p.calibrate]
+    summary = quantize(model, p.scheme, p.include, p.exclude, p.overrides, calibration=calibration, **p.quantizer_options())
     out = update_checkpoint(derive(ckpt), model)
     result = {"layers": summary}
+    if calibration is not None:
+        result["calibration"] = {"samples": len(calibration), "split": "validation"}
     if p.evaluate:
         bundle = ctx.data_for(ckpt)
         metrics = evaluate(model, bundle.test, device=ctx.device)

@@ -90,7 +90,7 @@ def _settings(p, ctx: Context, augment: bool) -> TrainSettings:
 
 def _dataset_record(bundle, ctx: Context) -> dict:
     return {"name": bundle.name, "data_dir": ctx.data_dir, "input_shape": list(bundle.input_shape), "num_classes": bundle.num_classes,
-            "val_split": ctx.val_split if ctx.val_split is not None else VAL_SPLIT}
+            "val_split": ctx.val_split if ctx.val_split is not None else VAL_SPLIT, "options": dict(ctx.data_options)}
 
 
 @register_stage("train", TrainParams, suffix="base", needs_input=False)

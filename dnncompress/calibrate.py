@@ -1,0 +1,140 @@
+"""Calibrated post-training quantization: minimize each layer's *output* error on captured inputs,
+with the scheme's own level set (GPTQ/OBQ-style second-order error compensation, DESIGN §10).
+
+For a layer with inputs X (n×d_in; convolutions unfolded im2col-style), H = 2XᵀX + λI. With U the
+upper Cholesky factor of H⁻¹, the columns are quantized in order: q_j = the scheme's nearest level
+for column j (per-channel rows use their own levels), e = (w_j − q_j)/U_jj, and the columns not yet
+quantized absorb the error: W[:, j+1:] −= e·U[j, j+1:] (lazily, in blocks of 128). Levels and scales
+come from the scheme's own fit on the original weights; pruned weights stay exactly zero.
+
+Layers are done one at a time, in model order, each calibrated on the inputs it sees with the
+layers before it already quantized; only one layer's H is alive at a time.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import UserError
+from .quant import ScalarQuantizer
+from .surgery import compression_of, shadow_weight
+
+BLOCK = 128
+
+
+def _inputs_matrix(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """The layer's input as rows of the matrix its weight multiplies (None: not a layer we can calibrate)."""
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, x.shape[-1])
+    if isinstance(module, nn.Conv2d) and module.groups == 1 and isinstance(module.padding, tuple):
+        cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    if isinstance(module, nn.Conv1d) and module.groups == 1 and isinstance(module.padding, tuple):
+        cols = F.unfold(x.unsqueeze(2), (1, module.kernel_size[0]), dilation=(1, module.dilation[0]),
+                        padding=(0, module.padding[0]), stride=(1, module.stride[0]))
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+    return None
+
+
+def calibratable(module: nn.Module) -> bool:
+    comp = compression_of(module)
+    return (comp is not None and isinstance(comp.quantizer, ScalarQuantizer) and isinstance(module, (nn.Linear, nn.Conv2d, nn.Conv1d))
+            and getattr(module, "groups", 1) == 1 and isinstance(getattr(module, "padding", (0,)), tuple))
+
+
+@torch.no_grad()
+def _hessian(model: nn.Module, module: nn.Module, batches: Iterable[torch.Tensor]) -> torch.Tensor:
+    h, count = None, 0
+
+    def hook(_, inputs):
+        nonlocal h, count
+        rows = _inputs_matrix(module, inputs[0].detach().float())
+        h = torch.zeros(rows.shape[1], rows.shape[1], dtype=torch.float64, device=rows.device) if h is None else h
+        h += rows.double().t() @ rows.double()
+        count += rows.shape[0]
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        for x in batches:
+            model(x)
+    finally:
+        handle.remove()
+    if h is None:
+        raise UserError("calibration data never reached a quantized layer; check the data matches the model's input")
+    return 2 * h / max(count, 1)
+
+
+def _quantize_column(q: ScalarQuantizer, col: torch.Tensor) -> torch.Tensor:
+    """The scheme's nearest level for every row of one column (per-channel rows use their own levels)."""
+    c = col.reshape(-1, 1).float()
+    return q.decode(q.encode(c), c.shape).reshape(col.shape).to(col.dtype)
+
+
+@torch.no_grad()
+def gptq(weight: torch.Tensor, h: torch.Tensor, q: ScalarQuantizer, mask: torch.Tensor | None, damp: float = 0.01) -> torch.Tensor:
+    """Quantized weight (rows = output channels) minimizing ‖(W − Q)X‖² column by column (see the module docstring)."""
+    w = weight.reshape(weight.shape[0], -1).double().clone()
+    m = mask.reshape(w.shape).to(w.dtype) if mask is not None else None
+    h = h.double().clone()
+    dead = torch.diag(h) == 0  # inputs that are always zero: their columns cost nothing
+    h[dead, dead] = 1
+    h += damp * torch.mean(torch.diag(h)) * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
+    try:
+        u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    except RuntimeError:
+        raise UserError("calibration inputs are degenerate (H is not positive definite even with damping); give more samples") from None
+    out = torch.zeros_like(w)
+    n = w.shape[1]
+    for start in range(0, n, BLOCK):
+        end = min(start + BLOCK, n)
+        block = w[:, start:end].clone()
+        errors = torch.zeros_like(block)
+        for j in range(end - start):
+            col = block[:, j]
+            qcol = _quantize_column(q, col.float()).double()
+            if m is not None:
+                qcol = qcol * m[:, start + j]
+            out[:, start + j] = qcol
+            err = (col - qcol) / u[start + j, start + j]
+            block[:, j:] -= err.unsqueeze(1) * u[start + j, start + j : end].unsqueeze(0)
+            errors[:, j] = err
+        w[:, end:] -= errors @ u[start:end, end:]
+    return out.reshape(weight.shape).to(weight.dtype)
+
+
+def calibrate(model: nn.Module, batches: list[torch.Tensor], damp: float = 0.01) -> list[dict]:
+    """Replace every calibratable quantized layer's shadow weight by its GPTQ solution, in model order.
+    Layers this cannot handle (grouped convs, pq) keep their data-free fit. Returns per-layer errors."""
+    if not batches:
+        raise UserError("calibration needs at least one batch of inputs")
+    was = model.training
+    model.eval()
+    rows = []
+    try:
+        for name, module in model.named_modules():
+            if not calibratable(module):
+                continue
+            comp = compression_of(module)
+            h = _hessian(model, module, batches)
+            w = shadow_weight(module)
+            ref = w.detach() * comp.mask if comp.mask is not None else w.detach().clone()
+            data_free = comp.quantizer(ref, comp.mask).detach()
+            new = gptq(ref, h, comp.quantizer, comp.mask, damp)
+            w.data.copy_(new)
+            rows.append({"layer": name, "output_error_data_free": _output_error(ref, data_free, h),
+                         "output_error_calibrated": _output_error(ref, new, h)})
+    finally:
+        model.train(was)
+    return rows
+
+
+@torch.no_grad()
+def _output_error(w: torch.Tensor, wq: torch.Tensor, h: torch.Tensor) -> float:
+    """Relative output error tr((W−Q) H (W−Q)ᵀ) / tr(W H Wᵀ) of a layer on its calibration inputs."""
+    ref = w.reshape(w.shape[0], -1).double()
+    diff = ref - wq.reshape(wq.shape[0], -1).double()
+    num = torch.einsum("ij,jk,ik->", diff, h, diff)
+    return float(num / torch.einsum("ij,jk,ik->", ref, h, ref).clamp_min(1e-30))
