@@ -4,6 +4,6 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-for script in ("quant_lenet5.py", "kmeans_bench.py", "pack_bench.py", "prune_lenet5.py", "pq_lenet5.py", "trust_bench.py"):
+for script in ("quant_lenet5.py", "kmeans_bench.py", "calib_lenet5.py", "pack_bench.py", "prune_lenet5.py", "pq_lenet5.py", "trust_bench.py"):
     print(f"== {script}", flush=True)
     subprocess.run([sys.executable, str(HERE / script)], cwd=HERE, check=True)
