@@ -46,7 +46,7 @@ def calibratable(module: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def _hessian(model: nn.Module, module: nn.Module, batches: Iterable[torch.Tensor]) -> torch.Tensor:
+def _hessian(model: nn.Module, module: nn.Module, batches: Iterable[torch.Tensor]) -> torch.Tensor | None:
     h, count = None, 0
 
     def hook(_, inputs):
@@ -62,8 +62,8 @@ def _hessian(model: nn.Module, module: nn.Module, batches: Iterable[torch.Tensor
             model(x)
     finally:
         handle.remove()
-    if h is None:
-        raise UserError("calibration data never reached a quantized layer; check the data matches the model's input")
+    if h is None:  # the module's forward never ran (e.g. attention's out_proj, used through F.multi_head_attention_forward)
+        return None
     return 2 * h / max(count, 1)
 
 
@@ -107,18 +107,22 @@ def gptq(weight: torch.Tensor, h: torch.Tensor, q: ScalarQuantizer, mask: torch.
 
 def calibrate(model: nn.Module, batches: list[torch.Tensor], damp: float = 0.01) -> list[dict]:
     """Replace every calibratable quantized layer's shadow weight by its GPTQ solution, in model order.
-    Layers this cannot handle (grouped convs, pq) keep their data-free fit. Returns per-layer errors."""
+    Layers this cannot handle (grouped convs, pq, a module whose forward is never called) keep their
+    data-free fit. Returns per-layer errors."""
     if not batches:
         raise UserError("calibration needs at least one batch of inputs")
     was = model.training
     model.eval()
-    rows = []
+    rows, candidates = [], 0
     try:
         for name, module in model.named_modules():
             if not calibratable(module):
                 continue
             comp = compression_of(module)
+            candidates += 1
             h = _hessian(model, module, batches)
+            if h is None:
+                continue  # keeps its data-free fit
             w = shadow_weight(module)
             ref = w.detach() * comp.mask if comp.mask is not None else w.detach().clone()
             data_free = comp.quantizer(ref, comp.mask).detach()
@@ -128,6 +132,8 @@ def calibrate(model: nn.Module, batches: list[torch.Tensor], damp: float = 0.01)
                          "output_error_calibrated": _output_error(ref, new, h)})
     finally:
         model.train(was)
+    if candidates and not rows:
+        raise UserError("calibration data never reached a quantized layer's forward; check the data matches the model's input")
     return rows
 
 
