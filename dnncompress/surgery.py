@@ -48,16 +48,23 @@ class CompressedWeight(nn.Module):
 def compressible_layers(model: nn.Module, include: Iterable[str] = ("*",), exclude: Iterable[str] = ()) -> dict[str, nn.Module]:
     """Modules with a 2+-dim `weight` parameter whose name matches include and not exclude (fnmatch)."""
     include, exclude = list(include), list(exclude)
-    out = {}
+    out, owners = {}, {}
     for name, module in model.named_modules():
         w = module.parametrizations["weight"].original if parametrize.is_parametrized(module, "weight") else getattr(module, "weight", None)
         if not isinstance(w, torch.Tensor) or w.dim() < 2:
             continue
+        owners.setdefault(id(w), []).append(name)
         if not any(fnmatch.fnmatchcase(name, p) for p in include):
             continue
         if any(fnmatch.fnmatchcase(name, p) for p in exclude):
             continue
         out[name] = module
+    for names in owners.values():  # a tied weight: compressing one side only would leave the other seeing fp32
+        chosen = [n for n in names if n in out]
+        if chosen and len(chosen) < len(names):
+            left = next(n for n in names if n not in out)
+            raise UserError(f"'{chosen[0]}.weight' is tied to '{left}.weight'; include both layers or neither "
+                            f"(e.g. exclude '{chosen[0]}')")
     return out
 
 

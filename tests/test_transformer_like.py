@@ -48,3 +48,19 @@ def test_transformer_like_module_round_trips(tmp_path):
     assert rep["packed_bytes"] == path.stat().st_size
     rows = {r["layer"]: r for r in rep["layers"]}
     assert rows["emb"]["fp"] == 50 * 32 * 4 and rows["head"]["fp"] == 0
+
+
+def test_compressing_one_side_of_a_tie_is_refused():
+    import pytest
+
+    from dnncompress.errors import UserError
+
+    model = TinyLM()
+    with pytest.raises(UserError, match="tied to"):
+        quantize(model, scheme="fourval", include=["emb"])
+    ids = torch.randint(0, 50, (4, 6))
+    quantize(model, scheme="fourval", include=["emb", "head"])  # both sides: one shadow, the same quantized values
+    model.eval()
+    assert torch.equal(model.emb.weight, model.head.weight)
+    with torch.no_grad():
+        model(ids)
