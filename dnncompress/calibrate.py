@@ -47,22 +47,30 @@ def calibratable(module: nn.Module) -> bool:
 
 @torch.no_grad()
 def _hessian(model: nn.Module, module: nn.Module, batches: Iterable[torch.Tensor]) -> torch.Tensor | None:
-    h, count = None, 0
+    """2·XᵀX/n of the layer's inputs, or None when they cannot be read as the matrix its weight multiplies:
+    its forward never ran (attention's out_proj), or a subclass pads or reshapes inside forward (a "same"
+    padding conv), which the unfolded input would not match (checked against the output's size)."""
+    h, count, ok = None, 0, True
 
-    def hook(_, inputs):
-        nonlocal h, count
+    def hook(mod, inputs, output):
+        nonlocal h, count, ok
         rows = _inputs_matrix(module, inputs[0].detach().float())
+        positions = output.shape[0] * (output[0, 0].numel() if output.dim() > 2 else 1) if not isinstance(module, nn.Linear) \
+            else output.reshape(-1, output.shape[-1]).shape[0]
+        if rows is None or rows.shape[0] != positions:
+            ok = False
+            return
         h = torch.zeros(rows.shape[1], rows.shape[1], dtype=torch.float64, device=rows.device) if h is None else h
         h += rows.double().t() @ rows.double()
         count += rows.shape[0]
 
-    handle = module.register_forward_pre_hook(hook)
+    handle = module.register_forward_hook(hook)
     try:
         for x in batches:
             model(x)
     finally:
         handle.remove()
-    if h is None:  # the module's forward never ran (e.g. attention's out_proj, used through F.multi_head_attention_forward)
+    if h is None or not ok:
         return None
     return 2 * h / max(count, 1)
 

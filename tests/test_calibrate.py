@@ -81,3 +81,17 @@ def test_cli_calibrate_uses_the_validation_split(in_tmp, tiny_ckpt):
     assert result["calibration"] == {"samples": 32, "split": "validation"}
     r = runner.invoke(main, ["quantize", str(tiny_ckpt), "--scheme", "fourval", "--calibrate", "64", "--val-split", "0", "-o", "d.pt"])
     assert r.exit_code == 2 and "validation split" in r.output and not (in_tmp / "d.pt").exists()
+
+
+def test_a_conv_that_pads_inside_forward_keeps_its_data_free_fit():
+    import torch.nn.functional as F
+
+    class SamePad(nn.Conv2d):
+        def forward(self, x):
+            return super().forward(F.pad(x, (1, 1, 1, 1)))
+
+    torch.manual_seed(0)
+    net = nn.Sequential(SamePad(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10)).eval()
+    rows = {r["layer"]: r for r in quantize(net, scheme="fourval", calibration=torch.randn(64, 1, 8, 8))}
+    assert "output_error_calibrated" not in rows["0"]  # its unfolded input would not match: skipped, not miscalibrated
+    assert "output_error_calibrated" in rows["3"]
