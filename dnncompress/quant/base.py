@@ -20,6 +20,7 @@ so decode(encode(w)) equals fake_quantize(w) bit for bit. They differ in how the
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,15 +88,17 @@ class Quantizer(nn.Module):
     has_zero_option: bool = False
     option_names: tuple[str, ...] = ()
 
-    def __init__(self, bits: int | None = None, per_channel: bool = False, refit: str = "fast", **options: Any):
+    def __init__(self, bits: int | None = None, per_channel: bool = False, refit: str = "fast", group_size: int = 0, **options: Any):
         super().__init__()
         self.bits = int(bits if bits is not None else self.default_bits)
         lo, hi = self.bit_range
         if not lo <= self.bits <= hi:
             span = f"{lo}" if lo == hi else f"{lo}–{hi}"
             raise UserError(f"scheme '{self.scheme}' takes {span} bits, got {self.bits}")
-        if per_channel and not self.supports_per_channel:
-            raise UserError(f"scheme '{self.scheme}' is fitted per layer; drop --per-channel")
+        if (per_channel or group_size) and not self.supports_per_channel:
+            raise UserError(f"scheme '{self.scheme}' is fitted per layer; drop --per-channel / --group-size")
+        if not isinstance(group_size, int) or isinstance(group_size, bool) or not 0 <= group_size <= 1 << 20:
+            raise UserError(f"group_size must be 0 (off) or a positive number of weights, got {group_size!r}")
         if refit not in ("fast", "exact", "none"):
             raise UserError(f"refit must be fast, exact or none, got '{refit}'")
         unknown = set(options) - set(self.option_names)
@@ -104,7 +107,8 @@ class Quantizer(nn.Module):
             if name == "zero" and not self.has_zero_option:
                 raise UserError(f"scheme '{self.scheme}' has no zero option (--zero/--no-zero is for codebook)")
             raise UserError(f"scheme '{self.scheme}' has no option '{name}'; options: {', '.join(self.option_names) or 'none'}")
-        self.per_channel = bool(per_channel)
+        self.per_channel = bool(per_channel or group_size)
+        self.group_size = int(group_size)
         self.refit = refit
         self.options = dict(options)
         self.fitted = False
@@ -115,8 +119,14 @@ class Quantizer(nn.Module):
 
     def meta(self) -> dict:
         """Plain values that, with the tables, rebuild this quantizer (the packed file stores them as is)."""
-        return {"scheme": self.scheme, "bits": self.bits, "per_channel": self.per_channel, "refit": self.refit,
+        meta = {"scheme": self.scheme, "bits": self.bits, "per_channel": self.per_channel, "refit": self.refit,
                 "options": dict(self.options)}
+        if self.group_size:
+            meta["group_size"] = self.group_size
+        return meta
+
+    def table_rows(self, shape) -> int:
+        return table_rows(tuple(shape), self.per_channel, self.group_size)
 
     def export_state(self) -> dict:
         return self.meta()
@@ -178,7 +188,7 @@ class ScalarQuantizer(Quantizer):
 
     # ------------------------------------------------------------------ shared machinery
     def _rows(self, w: torch.Tensor, mask: torch.Tensor | None):
-        c = w.shape[0] if self.per_channel else 1
+        c = self.table_rows(tuple(w.shape))
         rows = w.reshape(c, -1)
         valid = mask.reshape(c, -1).to(torch.bool) if mask is not None else torch.ones_like(rows, dtype=torch.bool)
         return rows, valid
@@ -241,7 +251,11 @@ class ScalarQuantizer(Quantizer):
                 raise ValueError(f"{what} hold non-finite values")
         rows, width = levels.shape
         bits = state["bits"]
-        if rows not in (1, shape[0] if shape else 1) or not 1 <= width <= (1 << bits) or tuple(thresholds.shape) != (rows, width - 1):
+        allowed = {1, shape[0] if shape else 1}
+        group = state.get("group_size", 0)
+        if isinstance(group, int) and not isinstance(group, bool) and 0 < group <= 1 << 20:
+            allowed.add(table_rows(tuple(shape), True, group))
+        if rows not in allowed or not 1 <= width <= (1 << bits) or tuple(thresholds.shape) != (rows, width - 1):
             raise ValueError(f"a {rows}×{width} codebook does not fit a {bits}-bit layer of shape {shape}")
 
     # ------------------------------------------------------------------ packed form
@@ -252,8 +266,7 @@ class ScalarQuantizer(Quantizer):
         return Storage(self.meta(), self._tables(), codes.to(torch.uint8), self.bits)
 
     def _load_tables(self, tables, shape):
-        rows = (shape[0] if shape else 1) if self.per_channel else 1
-        levels, thresholds = self._from_tables(tables, rows)
+        levels, thresholds = self._from_tables(tables, self.table_rows(tuple(shape)))
         self._store(levels, thresholds)
         self.fitted = True
 
@@ -290,13 +303,23 @@ class ScalarQuantizer(Quantizer):
         return {"levels": [round(v, 6) for v in lv[0].tolist()] if lv.shape[0] == 1 else f"{lv.shape[0]} rows × {lv.shape[1]}"}
 
 
+def table_rows(shape: tuple, per_channel: bool, group_size: int = 0) -> int:
+    """Rows of a scalar scheme's table for a weight of `shape`: 1 per layer, one per output channel, or
+    with `group_size` g one per run of g weights of a row (a row that g does not divide is one group)."""
+    if not per_channel:
+        return 1
+    rows = shape[0] if len(shape) else 1
+    n = math.prod(shape) // max(rows, 1)
+    return rows * (n // group_size) if group_size and n >= group_size and n % group_size == 0 else rows
+
+
 def make_quantizer(scheme: str, **options) -> Quantizer:
     cls = SCHEMES.get(scheme)
     return cls(**{k: v for k, v in options.items() if v is not None})
 
 
 def _from_meta(meta: dict) -> Quantizer:
-    return make_quantizer(meta["scheme"], bits=meta["bits"], per_channel=meta.get("per_channel", False),
+    return make_quantizer(meta["scheme"], bits=meta["bits"], per_channel=meta.get("per_channel", False), group_size=meta.get("group_size", 0),
                           refit=meta.get("refit", "fast"), **meta.get("options", {}))
 
 
