@@ -75,10 +75,21 @@ def _hessian(model: nn.Module, module: nn.Module, batches: Iterable[torch.Tensor
     return 2 * h / max(count, 1)
 
 
-def _quantize_column(q: ScalarQuantizer, col: torch.Tensor) -> torch.Tensor:
-    """The scheme's nearest level for every row of one column (per-channel rows use their own levels)."""
+def _quantize_column(q: ScalarQuantizer, col: torch.Tensor, j: int, n: int) -> torch.Tensor:
+    """The scheme's nearest level for every row of column j of n (per-channel rows use their own levels,
+    group-wise tables the row's group that holds column j), by the scheme's own encode rule."""
     c = col.reshape(-1, 1).float()
-    return q.decode(q.encode(c), c.shape).reshape(col.shape).to(col.dtype)
+    rows = q.levels.shape[0]
+    if rows in (1, c.shape[0]):
+        return q.decode(q.encode(c), c.shape).reshape(col.shape).to(col.dtype)
+    per_row = rows // c.shape[0]  # groups per row
+    pick = torch.arange(c.shape[0], device=c.device) * per_row + j // (n // per_row)
+    levels, thresholds = q.levels, q.thresholds
+    try:  # the scheme's encode/decode on the column's own rows of the table
+        q.levels, q.thresholds = levels.detach()[pick], thresholds[pick]
+        return q.decode(q.encode(c), c.shape).reshape(col.shape).to(col.dtype)
+    finally:
+        q.levels, q.thresholds = levels, thresholds
 
 
 @torch.no_grad()
@@ -102,7 +113,7 @@ def gptq(weight: torch.Tensor, h: torch.Tensor, q: ScalarQuantizer, mask: torch.
         errors = torch.zeros_like(block)
         for j in range(end - start):
             col = block[:, j]
-            qcol = _quantize_column(q, col.float()).double()
+            qcol = _quantize_column(q, col.float(), start + j, n).double()
             if m is not None:
                 qcol = qcol * m[:, start + j]
             out[:, start + j] = qcol

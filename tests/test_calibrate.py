@@ -95,3 +95,12 @@ def test_a_conv_that_pads_inside_forward_keeps_its_data_free_fit():
     rows = {r["layer"]: r for r in quantize(net, scheme="fourval", calibration=torch.randn(64, 1, 8, 8))}
     assert "output_error_calibrated" not in rows["0"]  # its unfolded input would not match: skipped, not miscalibrated
     assert "output_error_calibrated" in rows["3"]
+
+
+def test_calibration_with_group_wise_scales():
+    net, calib, held_out = _net()
+    free, cal = copy.deepcopy(net), copy.deepcopy(net)
+    quantize(free, scheme="fourval", group_size=32)
+    rows = quantize(cal, scheme="fourval", group_size=32, calibration=calib)
+    assert any("output_error_calibrated" in r for r in rows)
+    assert _cosine(cal.eval(), net, held_out) > _cosine(free.eval(), net, held_out)
