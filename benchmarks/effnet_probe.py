@@ -40,8 +40,14 @@ def main():
     calib, test = crops(photos, 32, 1), crops(photos, 64, 2)
     with torch.no_grad():
         ref = model(test)
-    for scheme, opts in [("codebook", {"bits": 4}), ("fourval", {"per_channel": True})]:
-        for data in (None, calib):
+    depthwise = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    keep = depthwise + ["_conv_stem", "_fc"]  # the layers that collapse first
+    rows = [("codebook", {"bits": 4}, (None, calib)), ("fourval", {"per_channel": True}, (None, calib)),
+            ("codebook", {"bits": 4, "exclude": depthwise}, (None,)), ("codebook", {"bits": 4, "exclude": keep}, (None,)),
+            ("codebook", {"bits": 8}, (None,)), ("fourval", {"group_size": 32, "exclude": keep}, (None,)),
+            ("asym-quaternary", {"per_channel": True, "exclude": keep}, (None,))]
+    for scheme, opts, modes in rows:
+        for data in modes:
             q = copy.deepcopy(model)
             t0 = time.perf_counter()
             dnncompress.quantize(q, scheme=scheme, calibration=data, **opts)
@@ -50,7 +56,8 @@ def main():
                 out = q(test)
             cos = torch.nn.functional.cosine_similarity(out, ref, dim=1)
             agree = float((out.argmax(1) == ref.argmax(1)).float().mean() * 100)
-            print(f"{scheme} {opts} {'calibrated' if data is not None else 'data-free'}: mean cosine {float(cos.mean()):.4f}, "
+            shown = {k: (f"{len(v)} layers" if k == "exclude" else v) for k, v in opts.items()}
+            print(f"{scheme} {shown} {'calibrated' if data is not None else 'data-free'}: mean cosine {float(cos.mean()):.4f}, "
                   f"min {float(cos.min()):.4f}, top-1 agreement {agree:.1f} %, {time.perf_counter() - t0:.1f} s", flush=True)
 
 
