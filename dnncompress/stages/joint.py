@@ -55,6 +55,7 @@ def joint_stage(ckpt, p: JointParams, ctx: Context) -> StageOutput:
         raise UserError("joint starts from an uncompressed checkpoint (no masks, no quantizers)")
     val = ctx.validation(ckpt, "joint")
     model = model_from_checkpoint(ckpt).eval()
+    base_test = evaluate(model, ctx.data_for(ckpt).test, device=ctx.device)["accuracy"]  # reported like every later accuracy
     layers = compressible_layers(model, p.include, p.exclude)
     fp32_bytes = fp32_file_bytes(ckpt["state_dict"])
     compressed_keys = {weight_key(n) for n in layers}
@@ -78,9 +79,10 @@ def joint_stage(ckpt, p: JointParams, ctx: Context) -> StageOutput:
     quantized = update_checkpoint(derive(pruned), qmodel)
     out, qr = finetune_model(quantized, dataclasses.replace(ft, epochs=p.qat_epochs, agp=None), ctx, phase="qat")
     rep = report_checkpoint(out, p.entropy)
-    base_acc = scanned["baseline"]
+    base_acc = base_test
     result = {"chosen_on": f"validation ({len(val)} samples)", "layers": rows, "target_bytes": int(target), "estimated_bytes": joint.estimated_total(choice, leftovers),
               "packed_bytes": rep["packed_bytes"], "fp32_bytes": rep["fp32_bytes"], "ratio": rep["ratio"],
-              "baseline_accuracy": base_acc, "accuracy_after_prune": pr["accuracy"], "accuracy": qr["accuracy"],
+              "baseline_accuracy": base_acc, "scan_baseline_validation": scanned["baseline"],
+              "accuracy_after_prune": pr["accuracy"], "accuracy": qr["accuracy"],
               "accuracy_drop": base_acc - qr["accuracy"], "entropy": p.entropy}
     return StageOutput(out, result)
