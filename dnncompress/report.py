@@ -51,6 +51,9 @@ def _count_bytes(spec: dict, row) -> None:
         numel = int(np.prod(layer["s"]))
         kept = int(layer.get("nk", numel))
         r["params"] += numel
+        if layer["k"] == "t":  # tied to another layer: stored once, there
+            r["scheme"] = f"tied to {layer['tie']}"
+            continue
         if layer["k"] == "q":  # the scheme's storage: a code stream and its tables, whatever they are called
             r["scheme"] = layer["q"]["scheme"] + (" (Huffman)" if "h" in layer["c"] else "")
             r["bits"] = layer["cb"]

@@ -64,3 +64,22 @@ def test_compressing_one_side_of_a_tie_is_refused():
     assert torch.equal(model.emb.weight, model.head.weight)
     with torch.no_grad():
         model(ids)
+
+
+def test_a_tied_pair_compressed_together_is_stored_once(tmp_path):
+    from dnncompress.pack import checkpoint_from_packed
+
+    torch.manual_seed(0)
+    model = TinyLM().eval()
+    quantize(model, scheme="codebook", bits=4, include=["emb", "head"])
+    path = tmp_path / "tied.dnc"
+    save_packed(model, path)
+    rows = {r["layer"]: r for r in report_packed(path)["layers"]}
+    assert rows["head"]["scheme"] == "tied to emb" and rows["head"]["bytes"] == 0 and rows["emb"]["codes"] > 0
+    ids = torch.randint(0, 50, (3, 7))
+    loaded = load_packed(path, model=TinyLM())
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), model(ids))
+    ckpt = checkpoint_from_packed(path)
+    assert ckpt["state_dict"]["head.weight"] is ckpt["state_dict"]["emb.weight"]
+    assert ckpt["quant"]["head"]["scheme"] == ckpt["quant"]["emb"]["scheme"] == "codebook"

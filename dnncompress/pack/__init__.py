@@ -67,8 +67,8 @@ def check_spec(spec: dict, expected: dict | None, path) -> None:
                 raise invalid_file(path, f"'{key}' has shape {tuple(shape)}, the architecture needs {tuple(expected[key].shape)}")
 
     for layer in spec["layers"]:
-        if not isinstance(layer, dict) or not isinstance(layer.get("n"), str) or layer.get("k") not in ("q", "m"):
-            raise invalid_file(path, "a layer entry is malformed (name, kind q|m)")
+        if not isinstance(layer, dict) or not isinstance(layer.get("n"), str) or layer.get("k") not in ("q", "m", "t"):
+            raise invalid_file(path, "a layer entry is malformed (name, kind q|m|t)")
         key = weight_key(layer["n"])
         claim(key, layer.get("s"), "layer")
         if expected is not None and not expected[key].dtype.is_floating_point:

@@ -56,12 +56,18 @@ def build_packed(ckpt: dict, entropy: str = "none", fp16: bool = False) -> tuple
     state = ckpt["state_dict"]
     masks, quant = ckpt.get("masks", {}) or {}, ckpt.get("quant", {}) or {}
     layers, handled = [], set()
+    encoded: dict = {}  # tensor identity → (layer name, its mask, its quant state)
     for name in sorted(set(masks) | set(quant)):
         key = weight_key(name)
         if key not in state:
             raise UserError(f"checkpoint has compression for '{name}' but no weight '{key}'")
-        layers.append(encode_layer(blobs, name, state[key], masks.get(name), quant.get(name), entropy, fp16))
         handled.add(key)
+        twin = encoded.get(tensor_identity(state[key]))
+        if twin is not None and _same(twin[1], masks.get(name)) and _same(twin[2], quant.get(name)):
+            layers.append({"n": name, "s": list(state[key].shape), "k": "t", "tie": twin[0]})  # a tied, identically compressed layer
+            continue
+        layers.append(encode_layer(blobs, name, state[key], masks.get(name), quant.get(name), entropy, fp16))
+        encoded.setdefault(tensor_identity(state[key]), (name, masks.get(name), quant.get(name)))
     leftovers, first_of = [], {}
     for key in [*sorted(handled), *state]:  # tied (shared) tensors: one name stores it (a layer if any), the others point to it
         first_of.setdefault(tensor_identity(state[key]), key)
@@ -83,6 +89,15 @@ def build_packed(ckpt: dict, entropy: str = "none", fp16: bool = False) -> tuple
     arrays = blobs.finish()
     metadata = {"format": FORMAT, "version": str(VERSION), "spec": canonical_json(spec)}
     return arrays, metadata, spec
+
+
+def _same(a, b) -> bool:
+    """Equal masks or quantizer states (tensors compared by value)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
 
 
 def serialize(arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> tuple[bytes, list[np.ndarray]]:
@@ -199,7 +214,11 @@ def restore(spec: dict, blobs: Blobs, path="<packed>") -> tuple[dict, dict, dict
     verified spec; tied tensors come back as one tensor under each of their names."""
     state, masks, quant = {}, {}, {}
     try:
+        tied_layers = []
         for layer in spec["layers"]:
+            if layer["k"] == "t":
+                tied_layers.append(layer)
+                continue
             weight, mask, q = decode_layer(blobs, layer)
             name = layer["n"]
             state[weight_key(name)] = weight.to(_dtype(layer.get("d"), torch.float32))
@@ -219,6 +238,15 @@ def restore(spec: dict, blobs: Blobs, path="<packed>") -> tuple[dict, dict, dict
             if t.numel() != int(np.prod(shape)):
                 raise ValueError(f"leftover '{key}' size does not match its shape")
             state[key] = t.reshape(shape).to(_dtype(entry[4] if len(entry) == 5 else None, NATURAL[kind]))
+        for layer in tied_layers:  # the same tensor, mask and quantizer state as the layer it names
+            source = layer["tie"]
+            if not isinstance(source, str) or weight_key(source) not in state or list(state[weight_key(source)].shape) != list(layer["s"]):
+                raise ValueError(f"layer '{layer['n']}' is tied to {str(source)[:60]!r}, which the file does not hold with that shape")
+            state[weight_key(layer["n"])] = state[weight_key(source)]
+            if source in masks:
+                masks[layer["n"]] = masks[source]
+            if source in quant:
+                quant[layer["n"]] = dict(quant[source])
         for key, shape, target in ties:
             if target not in state or list(state[target].shape) != list(shape):
                 raise ValueError(f"'{key}' is tied to {str(target)[:60]!r}, which the file does not hold with that shape")
