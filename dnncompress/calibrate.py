@@ -25,24 +25,27 @@ from .surgery import compression_of, shadow_weight
 BLOCK = 128
 
 
-def _inputs_matrix(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
-    """The layer's input as rows of the matrix its weight multiplies (None: not a layer we can calibrate)."""
+def _inputs_matrix(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's input as rows of the matrix its weight multiplies (convolutions unfolded im2col-style)."""
     if isinstance(module, nn.Linear):
         return x.reshape(-1, x.shape[-1])
-    if isinstance(module, nn.Conv2d) and module.groups == 1 and isinstance(module.padding, tuple):
-        cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-    if isinstance(module, nn.Conv1d) and module.groups == 1 and isinstance(module.padding, tuple):
-        cols = F.unfold(x.unsqueeze(2), (1, module.kernel_size[0]), dilation=(1, module.dilation[0]),
-                        padding=(0, module.padding[0]), stride=(1, module.stride[0]))
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
-    return None
+    if isinstance(module, nn.Conv1d):
+        x = x.unsqueeze(2)
+        kernel, dilation, padding, stride = ((1, v[0]) for v in (module.kernel_size, module.dilation, module.padding, module.stride))
+    else:
+        kernel, dilation, padding, stride = module.kernel_size, module.dilation, module.padding, module.stride
+    cols = F.unfold(x, kernel, dilation=dilation, padding=padding, stride=stride)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
 def calibratable(module: nn.Module) -> bool:
+    """A scalar-quantized Linear, or an ungrouped Conv1d/Conv2d with numeric padding ('same' strings are not unfolded)."""
     comp = compression_of(module)
-    return (comp is not None and isinstance(comp.quantizer, ScalarQuantizer) and isinstance(module, (nn.Linear, nn.Conv2d, nn.Conv1d))
-            and getattr(module, "groups", 1) == 1 and isinstance(getattr(module, "padding", (0,)), tuple))
+    if comp is None or not isinstance(comp.quantizer, ScalarQuantizer):
+        return False
+    if isinstance(module, nn.Linear):
+        return True
+    return isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups == 1 and isinstance(module.padding, tuple)
 
 
 @torch.no_grad()
@@ -55,9 +58,8 @@ def _hessian(model: nn.Module, module: nn.Module, batches: Iterable[torch.Tensor
     def hook(mod, inputs, output):
         nonlocal h, count, ok
         rows = _inputs_matrix(module, inputs[0].detach().float())
-        positions = output.shape[0] * (output[0, 0].numel() if output.dim() > 2 else 1) if not isinstance(module, nn.Linear) \
-            else output.reshape(-1, output.shape[-1]).shape[0]
-        if rows is None or rows.shape[0] != positions:
+        outputs = module.out_features if isinstance(module, nn.Linear) else module.out_channels
+        if rows.shape[0] != output.numel() // outputs:  # one row per output position, or the input was not what the weight saw
             ok = False
             return
         h = torch.zeros(rows.shape[1], rows.shape[1], dtype=torch.float64, device=rows.device) if h is None else h

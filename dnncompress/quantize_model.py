@@ -58,7 +58,7 @@ def quantize(
     layers = compressible_layers(model, include, exclude)
     if not layers:
         raise UserError("no layer matched: quantize needs modules with a 2-D+ weight (check include/exclude patterns)")
-    summary = []
+    quantized = []
     for name, module in layers.items():
         opts = _options_for(name, {"scheme": scheme, **options}, overrides)
         if opts.pop("skip", False):
@@ -69,17 +69,11 @@ def quantize(
         w = shadow_weight(module)
         q.to(w.device).fit(w.detach(), mask)
         attach(module, quantizer=q)
+        quantized.append(name)
+    errors = {}
     if calibration is not None:
-        errors = {r["layer"]: r for r in calibrate(model, calibration_batches(calibration, next(model.parameters()).device))}
-    else:
-        errors = {}
-    for name, module in layers.items():
-        if compression_of(module) is not None and compression_of(module).quantizer is not None:
-            row = layer_summary(name, module)
-            if name in errors:
-                row.update({k: v for k, v in errors[name].items() if k != "layer"})
-            summary.append(row)
-    return summary
+        errors = {r.pop("layer"): r for r in calibrate(model, calibration_batches(calibration, next(model.parameters()).device))}
+    return [{**layer_summary(name, layers[name]), **errors.get(name, {})} for name in quantized]
 
 
 def calibration_batches(data, device, batch_size: int = 64) -> list[torch.Tensor]:

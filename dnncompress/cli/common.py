@@ -131,29 +131,35 @@ class ProgressBar:
             self.progress.update(self.task, completed=event["done"], info=event.get("info", ""))
 
 
-def make_context(data=None, data_dir=None, device="auto", seed=0, progress=None, resume=False, snapshot_every=200, val_split=None):
+def make_context(data=None, data_dir=None, device="auto", seed=0, progress=None, resume=False, snapshot_every=200):
     from ..stages import Context
 
     click_ctx = click.get_current_context(silent=True)
-    meta = click_ctx.meta if click_ctx is not None else {}
-    if val_split is None:
-        val_split = meta.get("val_split")  # --val-split and --data-opt: data options every data command has
+    meta = click_ctx.meta if click_ctx is not None else {}  # --val-split and --data-opt: data options every data command has
     return Context(data_name=data, data_dir=data_dir, device=device, seed=seed, progress=progress,
-                   log=lambda m: click.echo(m, err=True), resume=resume, snapshot_every=snapshot_every, val_split=val_split,
-                   data_options=dict(meta.get("data_options") or {}))
+                   log=lambda m: click.echo(m, err=True), resume=resume, snapshot_every=snapshot_every,
+                   val_split=meta.get("val_split"), data_options=dict(meta.get("data_options") or {}))
+
+
+def key_values(items, flag: str, example: str) -> dict:
+    """Repeatable `key=value` options (values read as YAML scalars: 8 → int, true → bool) → a dict."""
+    import yaml
+
+    out: dict = {}
+    for item in items or ():
+        if "=" not in item:
+            raise UserError(f"{flag} '{item}' must look like key=value, e.g. {example}")
+        key, value = item.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
 
 
 def _keep_data_options(ctx, param, values):
-    import yaml
-
-    out = {}
-    for item in values or ():
-        if "=" not in item:
-            raise click.BadParameter(f"'{item}' must look like key=value, e.g. image_size=64")
-        key, value = item.split("=", 1)
-        out[key] = yaml.safe_load(value)
-    ctx.meta["data_options"] = out
-    return out
+    try:
+        ctx.meta["data_options"] = key_values(values, "--data-opt", "image_size=64")
+    except UserError as e:
+        raise click.BadParameter(str(e)) from None
+    return ctx.meta["data_options"]
 
 
 def _keep_val_split(ctx, param, value):

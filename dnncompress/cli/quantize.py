@@ -9,6 +9,7 @@ from .common import (
     data_options,
     help_text,
     input_options,
+    key_values,
     load_input,
     make_context,
     param_options,
@@ -29,30 +30,14 @@ HELP = {"scheme": "fourval, ternary, asym-ternary, asym-quaternary, codebook, pq
         "calibrate": "calibrated PTQ on N validation samples: each layer minimizes its output error (GPTQ-style) with the scheme's levels"}
 
 
-def _parse_options(items) -> dict:
-    """--opt d=8 (repeatable) → {'d': 8}: any scheme's own option."""
-    import yaml
-
-    out: dict = {}
-    for item in items:
-        if "=" not in item:
-            raise UserError(f"--opt '{item}' must look like key=value, e.g. d=8")
-        key, value = item.split("=", 1)
-        out[key] = yaml.safe_load(value)
-    return out
-
-
 def _parse_overrides(items) -> dict:
     """--override 'conv1:bits=8' (repeatable) → {'conv1': {'bits': 8}}."""
-    import yaml
-
     out: dict = {}
     for item in items:
         if ":" not in item or "=" not in item.split(":", 1)[1]:
             raise UserError(f"--override '{item}' must look like PATTERN:key=value, e.g. conv1:bits=8")
         pattern, kv = item.split(":", 1)
-        key, value = kv.split("=", 1)
-        out.setdefault(pattern, {})[key] = yaml.safe_load(value)
+        out.setdefault(pattern, {}).update(key_values([kv], "--override", "conv1:bits=8"))
     return out
 
 
@@ -67,7 +52,7 @@ def _parse_overrides(items) -> dict:
 @click.option("--json", "json_out", is_flag=True)
 def quantize(checkpoint, exclude, overrides, scheme_options, data, data_dir, device, arch, trust, output, json_out, **fields):
     params = params_from(QuantizeParams, FIELDS, fields, exclude=list(exclude), overrides=_parse_overrides(overrides),
-                         options=_parse_options(scheme_options))
+                         options=key_values(scheme_options, "--opt", "d=8"))
     scheme = params.scheme
     path, ckpt = load_input(checkpoint, arch, trust)
     out, _, result = run_stage("quantize", params, path, ckpt, output, make_context(data, data_dir, device), json_out)

@@ -22,14 +22,13 @@ import torch
 from ..errors import UserError
 from ..fileio import require_file
 from ..surgery import tensor_identity, weight_key
-from .layers import Blobs, blob_to_tensor, decode_layer, encode_layer, tensor_to_blob
+from .layers import NATURAL, Blobs, blob_to_tensor, decode_layer, encode_layer, tensor_to_blob
 
 FORMAT = "dnncompress-packed"
 VERSION = 3
 READS = ("3",)
 DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.bool,
                                                      torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)}
-NATURAL = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64, "i64": torch.int64, "u8": torch.uint8}
 MAX_HEADER = 64 << 20
 ST_DTYPES = {"U8": np.uint8, "U16": np.uint16, "U32": np.uint32, "F16": np.float16, "F32": np.float32, "F64": np.float64, "I64": np.int64}
 ST_NAMES = {np.dtype(v): k for k, v in ST_DTYPES.items()}
@@ -238,19 +237,20 @@ def restore(spec: dict, blobs: Blobs, path="<packed>") -> tuple[dict, dict, dict
             if t.numel() != int(np.prod(shape)):
                 raise ValueError(f"leftover '{key}' size does not match its shape")
             state[key] = t.reshape(shape).to(_dtype(entry[4] if len(entry) == 5 else None, NATURAL[kind]))
+        def link(key, shape, target):  # a tied entry: the very tensor another key holds
+            if not isinstance(target, str) or target not in state or list(state[target].shape) != list(shape):
+                raise ValueError(f"'{key}' is tied to {str(target)[:60]!r}, which the file does not hold with that shape")
+            state[key] = state[target]
+
         for layer in tied_layers:  # the same tensor, mask and quantizer state as the layer it names
             source = layer["tie"]
-            if not isinstance(source, str) or weight_key(source) not in state or list(state[weight_key(source)].shape) != list(layer["s"]):
-                raise ValueError(f"layer '{layer['n']}' is tied to {str(source)[:60]!r}, which the file does not hold with that shape")
-            state[weight_key(layer["n"])] = state[weight_key(source)]
+            link(weight_key(layer["n"]), layer["s"], weight_key(source) if isinstance(source, str) else source)
             if source in masks:
                 masks[layer["n"]] = masks[source]
             if source in quant:
                 quant[layer["n"]] = dict(quant[source])
         for key, shape, target in ties:
-            if target not in state or list(state[target].shape) != list(shape):
-                raise ValueError(f"'{key}' is tied to {str(target)[:60]!r}, which the file does not hold with that shape")
-            state[key] = state[target]
+            link(key, shape, target)
     except (ValueError, KeyError, TypeError, IndexError, OverflowError, MemoryError, AttributeError, RuntimeError, RecursionError) as e:
         raise invalid_file(path, (str(e).splitlines() or [type(e).__name__])[0][:160]) from None
     except UserError as e:  # a scheme refusing its options

@@ -48,7 +48,8 @@ class Blobs:
 
 
 ITEMSIZE = {k: np.dtype(v).itemsize for k, v in Blobs.DTYPES.items()}
-FLOAT_KINDS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
+NATURAL = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64, "i64": torch.int64, "u8": torch.uint8}
+FLOAT_KINDS = {dtype: kind for kind, dtype in NATURAL.items() if dtype.is_floating_point}  # a float tensor's own blob
 
 
 def tensor_to_blob(blobs: Blobs, t: torch.Tensor, fp16: bool = False) -> tuple[str, list[int]]:

@@ -49,6 +49,12 @@ def effective_magnitude(module: nn.Module) -> torch.Tensor:
     return w
 
 
+def check_block(b) -> int:
+    if not isinstance(b, int) or isinstance(b, bool) or not 1 <= b <= 4096:
+        raise UserError(f"block length must be an integer 1..4096, got {b!r}")
+    return b
+
+
 def layer_blocks(names, block) -> dict[str, int]:
     """Per-layer block length: one int for all, or {fnmatch pattern: length} (1 where none matches)."""
     out = {}
@@ -57,9 +63,7 @@ def layer_blocks(names, block) -> dict[str, int]:
         for pattern, value in (block.items() if isinstance(block, dict) else ()):
             if fnmatch.fnmatchcase(name, pattern):
                 b = value
-        if not isinstance(b, int) or isinstance(b, bool) or not 1 <= b <= 4096:
-            raise UserError(f"block length must be an integer 1..4096, got {b!r}")
-        out[name] = b
+        out[name] = check_block(b)
     return out
 
 

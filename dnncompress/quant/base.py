@@ -21,7 +21,7 @@ so decode(encode(w)) equals fake_quantize(w) bit for bit. They differ in how the
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -56,11 +56,11 @@ class Storage:
     tables: dict[str, torch.Tensor]
     codes: torch.Tensor
     code_bits: int
-    units: int = field(default=-1)  # how many codes; -1: codes.numel()
 
-    def __post_init__(self):
-        if self.units < 0:
-            self.units = int(self.codes.numel())
+    @property
+    def units(self) -> int:
+        """How many codes the layer stores."""
+        return int(self.codes.numel())
 
 
 def _plain(value) -> bool:

@@ -34,12 +34,6 @@ def lloyd_sorted(x_sorted: torch.Tensor, centroids: torch.Tensor, iters: int = 1
     return c.float()
 
 
-def quantile_init(x_sorted: torch.Tensor, k: int) -> torch.Tensor:
-    n = x_sorted.numel()
-    idx = ((torch.arange(k, dtype=torch.float64) + 0.5) / k * n).long().clamp_max(n - 1)
-    return x_sorted[idx].float()
-
-
 def _bins(x: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     """(means, weights) of ≤ ~m runs of the sorted values: equal-count runs, equal-width runs and the
     most extreme values on their own (heavy tails want singleton clusters there)."""

@@ -9,7 +9,7 @@ from ..checks import finite
 from ..errors import UserError
 from ..fileio import check_plot_path
 from ..prune import apply_masks, mask_summary
-from ..prune.magnitude import check_sparsity, layer_blocks, layer_sparsities, magnitude_masks, overall_sparsity
+from ..prune.magnitude import check_block, check_sparsity, layer_sparsities, magnitude_masks, overall_sparsity
 from ..surgery import compressible_layers, model_from_checkpoint, update_checkpoint
 from ..train import evaluate
 from .base import Context, StageOutput, register_stage
@@ -45,7 +45,7 @@ class PruneParams:
         if isinstance(self.block, dict) and not all(isinstance(k, str) for k in self.block):
             raise UserError("prune block must map layer patterns to lengths, e.g. {fc1: 4}")
         for value in (self.block.values() if isinstance(self.block, dict) else [self.block]):
-            layer_blocks(["*"], value)  # each length checked here, not after loading the data
+            check_block(value)  # each length checked here, not after loading the data
 
 
 @register_stage("prune", PruneParams, suffix="pruned")
