@@ -5,14 +5,22 @@ For a layer with inputs X (n×d_in; convolutions unfolded im2col-style), H = 2X�
 upper Cholesky factor of H⁻¹, the columns are quantized in order: q_j = the scheme's nearest level
 for column j (per-channel rows use their own levels), e = (w_j − q_j)/U_jj, and the columns not yet
 quantized absorb the error: W[:, j+1:] −= e·U[j, j+1:] (lazily, in blocks of 128). Levels and scales
-come from the scheme's own fit on the original weights; pruned weights stay exactly zero.
+come from the scheme's own fit on the original weights; with `refit` the scheme then fits its levels
+again on the error-compensated weights GPTQ rounded, GPTQ runs once more with them, and the better of
+the two (in output error) is kept. Pruned weights stay exactly zero.
 
-Layers are done one at a time, in model order, each calibrated on the inputs it sees with the
-layers before it already quantized; only one layer's H is alive at a time.
+Layers are done in the order the forward pass runs them, each on the inputs it sees with the layers
+before it already quantized. When the calibration batches can be joined into one (same shapes past
+the batch dimension) this takes ONE forward pass: a hook on each layer builds H from its input,
+quantizes the layer and hands the forward its new output. Otherwise one pass per layer. Either way
+only one layer's H is alive at a time and the model is changed in place (no second copy).
+A module called twice in one forward is calibrated on its first call's inputs.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
@@ -23,6 +31,7 @@ from .quant import ScalarQuantizer
 from .surgery import compression_of, shadow_weight
 
 BLOCK = 128
+WEIGHTINGS = ("auto", "relative", "plain")
 
 
 def _inputs_matrix(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -39,42 +48,103 @@ def _inputs_matrix(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def calibratable(module: nn.Module) -> bool:
-    """A scalar-quantized Linear, or an ungrouped Conv1d/Conv2d with numeric padding ('same' strings are not unfolded)."""
+    """A scalar-quantized Linear, or a Conv1d/Conv2d with numeric padding ('same' strings are not unfolded);
+    grouped and depthwise convs are solved one group at a time."""
     comp = compression_of(module)
     if comp is None or not isinstance(comp.quantizer, ScalarQuantizer):
         return False
     if isinstance(module, nn.Linear):
         return True
-    return isinstance(module, (nn.Conv1d, nn.Conv2d)) and module.groups == 1 and isinstance(module.padding, tuple)
+    return isinstance(module, (nn.Conv1d, nn.Conv2d)) and isinstance(module.padding, tuple)
+
+
+def run(model: nn.Module, batch) -> None:
+    """model(batch): a dict is passed as keyword arguments (a tokenizer's output), a tuple as positional ones."""
+    if isinstance(batch, dict):
+        model(**batch)
+    elif isinstance(batch, tuple):
+        model(*batch)
+    else:
+        model(batch)
+
+
+def join(batches: list):
+    """The batches concatenated along dim 0 (tensors, dicts or tuples of them), or None if their shapes differ."""
+    first = batches[0]
+    if len(batches) == 1:
+        return first
+    try:
+        if isinstance(first, dict):
+            return {k: torch.cat([b[k] for b in batches]) for k in first}
+        if isinstance(first, tuple):
+            return tuple(torch.cat([b[i] for b in batches]) for i in range(len(first)))
+        return torch.cat(batches)
+    except (RuntimeError, KeyError, IndexError, TypeError):
+        return None
+
+
+class _Gram:
+    """Accumulates 2·XᵀX/n of a layer's inputs, chunked so no float64 copy of a large input is made;
+    `ok` turns False when the input cannot be read as the matrix the weight multiplies (a subclass that
+    pads or reshapes inside forward, e.g. a 'same' padding conv): checked against the output's size."""
+
+    CHUNK = 1 << 15
+
+    def __init__(self, module: nn.Module, keep: torch.Tensor | None = None, weighting: str = "auto"):
+        self.module, self.h, self.count, self.ok, self.keep, self.weighting = module, None, 0, True, keep, weighting
+
+    def add(self, x: torch.Tensor, output: torch.Tensor) -> None:
+        outputs = self.module.out_features if isinstance(self.module, nn.Linear) else self.module.out_channels
+        x = x.detach()
+        positions = output.numel() // outputs
+        if isinstance(self.module, nn.Linear):
+            pieces = (x,)
+        else:  # unfolded convs: a few samples at a time (about 2²⁵ floats of unfolded input each)
+            width = self.module.in_channels * math.prod(self.module.kernel_size)
+            per_sample = max(1, positions // max(x.shape[0], 1)) * width
+            pieces = x.split(max(1, (1 << 25) // per_sample))
+        seen = 0
+        for piece in pieces:
+            rows = _inputs_matrix(self.module, piece.float())
+            seen += rows.shape[0]
+            self._accumulate(rows, x)
+        if seen != positions:  # one row per output position, or the input was not what the weight saw
+            self.ok = False
+
+    def _accumulate(self, rows: torch.Tensor, x: torch.Tensor) -> None:
+        if self.keep is not None and isinstance(self.module, nn.Linear) and tuple(x.shape[:-1]) == tuple(self.keep.shape):
+            rows = rows[self.keep.reshape(-1)]  # padding positions: the model masks them out, so their error costs nothing
+        relative = self.weighting == "relative" or (self.weighting == "auto" and isinstance(self.module, nn.Linear) and x.dim() >= 3)
+        groups = getattr(self.module, "groups", 1)
+        d = rows.shape[1] // groups  # a grouped conv's group g sees input columns [g·d, (g+1)·d) (unfold is channel-major)
+        if self.h is None:
+            self.h = torch.zeros(groups, d, d, dtype=torch.float64, device=rows.device)
+        for part in rows.split(self.CHUNK):
+            part = part.double()
+            if relative:  # every token counts alike: the norm after the layer rescales each one anyway
+                part = part / part.norm(dim=1, keepdim=True).clamp_min(1e-12) * part.shape[1] ** 0.5
+            part = part.reshape(part.shape[0], groups, d).transpose(0, 1)
+            self.h += part.transpose(1, 2) @ part
+        self.count += rows.shape[0]
+
+    def result(self) -> torch.Tensor | None:
+        """groups × d × d (1 × d_in × d_in for all but grouped convs), or None."""
+        return 2 * self.h / max(self.count, 1) if self.h is not None and self.ok else None
 
 
 @torch.no_grad()
-def _hessian(model: nn.Module, module: nn.Module, batches: Iterable[torch.Tensor]) -> torch.Tensor | None:
-    """2·XᵀX/n of the layer's inputs, or None when they cannot be read as the matrix its weight multiplies:
-    its forward never ran (attention's out_proj), or a subclass pads or reshapes inside forward (a "same"
-    padding conv), which the unfolded input would not match (checked against the output's size)."""
-    h, count, ok = None, 0, True
-
-    def hook(mod, inputs, output):
-        nonlocal h, count, ok
-        rows = _inputs_matrix(module, inputs[0].detach().float())
-        outputs = module.out_features if isinstance(module, nn.Linear) else module.out_channels
-        if rows.shape[0] != output.numel() // outputs:  # one row per output position, or the input was not what the weight saw
-            ok = False
-            return
-        h = torch.zeros(rows.shape[1], rows.shape[1], dtype=torch.float64, device=rows.device) if h is None else h
-        h += rows.double().t() @ rows.double()
-        count += rows.shape[0]
-
-    handle = module.register_forward_hook(hook)
+def _hessian(model: nn.Module, module: nn.Module, batches: Iterable, weighting: str = "auto") -> torch.Tensor | None:
+    """2·XᵀX/n of the layer's inputs over every batch (one full pass), or None when its forward never ran
+    (attention's out_proj) or its input is not what the weight multiplies."""
+    gram = _Gram(module, weighting=weighting)
+    handle = module.register_forward_hook(lambda mod, inputs, output: gram.add(inputs[0], output))
     try:
-        for x in batches:
-            model(x)
+        for b in batches:
+            gram.keep = padding_mask(b)
+            run(model, b)
     finally:
         handle.remove()
-    if h is None or not ok:
-        return None
-    return 2 * h / max(count, 1)
+    return gram.result()
 
 
 def _quantize_column(q: ScalarQuantizer, col: torch.Tensor, j: int, n: int) -> torch.Tensor:
@@ -95,8 +165,11 @@ def _quantize_column(q: ScalarQuantizer, col: torch.Tensor, j: int, n: int) -> t
 
 
 @torch.no_grad()
-def gptq(weight: torch.Tensor, h: torch.Tensor, q: ScalarQuantizer, mask: torch.Tensor | None, damp: float = 0.01) -> torch.Tensor:
-    """Quantized weight (rows = output channels) minimizing ‖(W − Q)X‖² column by column (see the module docstring)."""
+def gptq(weight: torch.Tensor, h: torch.Tensor, q: ScalarQuantizer, mask: torch.Tensor | None, damp: float = 0.01,
+         keep_rounded_from: bool = False):
+    """Quantized weight (rows = output channels) minimizing ‖(W − Q)X‖² column by column (see the module
+    docstring). With keep_rounded_from, also the error-compensated values each column had when it was
+    rounded (what a re-fit of the levels should fit)."""
     w = weight.reshape(weight.shape[0], -1).double().clone()
     m = mask.reshape(w.shape).to(w.dtype) if mask is not None else None
     h = h.double().clone()
@@ -108,6 +181,7 @@ def gptq(weight: torch.Tensor, h: torch.Tensor, q: ScalarQuantizer, mask: torch.
     except RuntimeError:
         raise UserError("calibration inputs are degenerate (H is not positive definite even with damping); give more samples") from None
     out = torch.zeros_like(w)
+    rounded_from = torch.zeros_like(w) if keep_rounded_from else None
     n = w.shape[1]
     for start in range(0, n, BLOCK):
         end = min(start + BLOCK, n)
@@ -115,6 +189,8 @@ def gptq(weight: torch.Tensor, h: torch.Tensor, q: ScalarQuantizer, mask: torch.
         errors = torch.zeros_like(block)
         for j in range(end - start):
             col = block[:, j]
+            if rounded_from is not None:
+                rounded_from[:, start + j] = col
             qcol = _quantize_column(q, col.float(), start + j, n).double()
             if m is not None:
                 qcol = qcol * m[:, start + j]
@@ -123,45 +199,154 @@ def gptq(weight: torch.Tensor, h: torch.Tensor, q: ScalarQuantizer, mask: torch.
             block[:, j:] -= err.unsqueeze(1) * u[start + j, start + j : end].unsqueeze(0)
             errors[:, j] = err
         w[:, end:] -= errors @ u[start:end, end:]
-    return out.reshape(weight.shape).to(weight.dtype)
+    out = out.reshape(weight.shape).to(weight.dtype)
+    if keep_rounded_from:
+        return out, rounded_from.reshape(weight.shape).to(weight.dtype)
+    return out
 
 
-def calibrate(model: nn.Module, batches: list[torch.Tensor], damp: float = 0.01) -> list[dict]:
-    """Replace every calibratable quantized layer's shadow weight by its GPTQ solution, in model order.
-    Layers this cannot handle (grouped convs, pq, a module whose forward is never called) keep their
-    data-free fit. Returns per-layer errors."""
+@contextmanager
+def _table_rows(q: ScalarQuantizer, start: int, stop: int, rows: int):
+    """The quantizer seen through the weight rows [start, stop) of `rows` (a grouped conv's group): per-row
+    and group-wise level tables are sliced to those rows, a shared table is left whole."""
+    levels, thresholds = q.levels, q.thresholds
+    per_row = levels.shape[0] // rows if levels.shape[0] % rows == 0 else 0
+    if levels.shape[0] == 1 or not per_row:
+        yield q
+        return
+    try:
+        q.levels, q.thresholds = levels[start * per_row : stop * per_row], thresholds[start * per_row : stop * per_row]
+        yield q
+    finally:
+        q.levels, q.thresholds = levels, thresholds
+
+
+def _gptq_groups(ref: torch.Tensor, h: torch.Tensor, q: ScalarQuantizer, mask, damp: float):
+    """GPTQ on each group's rows with that group's H; (quantized weight, values rounded from)."""
+    groups, out_rows = h.shape[0], ref.shape[0]
+    if groups == 1:
+        return gptq(ref, h[0], q, mask, damp, keep_rounded_from=True)
+    size = out_rows // groups
+    new, rounded = torch.empty_like(ref), torch.empty_like(ref)
+    for g in range(groups):
+        part = slice(g * size, (g + 1) * size)
+        with _table_rows(q, g * size, (g + 1) * size, out_rows) as view:
+            new[part], rounded[part] = gptq(ref[part], h[g], view, mask[part] if mask is not None else None, damp, keep_rounded_from=True)
+    return new, rounded
+
+
+def _solve_layer(module: nn.Module, h: torch.Tensor, damp: float, refit: bool) -> dict:
+    """GPTQ one layer in place (its shadow weight becomes the quantized solution); its error row."""
+    comp = compression_of(module)
+    q = comp.quantizer
+    w = shadow_weight(module)
+    ref = w.detach() * comp.mask if comp.mask is not None else w.detach().clone()
+    data_free = q(ref, comp.mask).detach()
+    free_err = _output_error(ref, data_free, h)
+    saved = {k: v.clone() for k, v in q.state_dict().items()}
+    new, rounded_from = _gptq_groups(ref, h, q, comp.mask, damp)
+    err = _output_error(ref, new, h)
+    row = {"output_error_data_free": free_err}
+    if refit:  # the scheme fits its own levels again on what GPTQ rounded; kept only if the output error drops
+        q.fit(rounded_from, comp.mask)
+        again = _gptq_groups(ref, h, q, comp.mask, damp)[0]
+        again_err = _output_error(ref, again, h)
+        row["refit"] = again_err < err
+        if again_err < err:
+            new, err = again, again_err
+        else:
+            q.load_state_dict(saved)
+    if err >= free_err:  # GPTQ is greedy and can lose to plain rounding (tiny depthwise kernels): keep the data-free fit
+        q.load_state_dict(saved)
+        row.update(output_error_calibrated=free_err, kept="data-free")
+        return row
+    w.data.copy_(new)
+    row["output_error_calibrated"] = err
+    return row
+
+
+def calibrate(model: nn.Module, batches: list, damp: float = 0.01, refit: bool = True, weighting: str = "auto") -> list[dict]:
+    """Replace every calibratable quantized layer's shadow weight by its GPTQ solution, in the order the
+    forward pass reaches them. Layers this cannot handle (pq, a conv with 'same' padding, a module whose
+    forward is never called) keep their data-free fit. `batches`: tensors, dicts of keyword inputs or tuples of
+    positional ones. `weighting`: "relative" counts every input row (token, pixel) alike, dividing it by
+    its norm, "plain" weights rows by their size as GPTQ does; "auto" is relative for Linear layers fed
+    sequences (3-D inputs: a transformer's tokens, which the next LayerNorm rescales one by one, and
+    where a few tokens with huge activations would otherwise get all of the error budget) and plain
+    elsewhere. Padding positions named by a dict batch's `attention_mask` are left out. Returns per-layer errors."""
+    if weighting not in WEIGHTINGS:
+        raise UserError(f"calibration weighting must be one of {', '.join(WEIGHTINGS)}, got '{weighting}'")
     if not batches:
         raise UserError("calibration needs at least one batch of inputs")
+    targets = {m: n for n, m in model.named_modules() if calibratable(m)}
     was = model.training
     model.eval()
-    rows, candidates = [], 0
     try:
-        for name, module in model.named_modules():
-            if not calibratable(module):
-                continue
-            comp = compression_of(module)
-            candidates += 1
-            h = _hessian(model, module, batches)
-            if h is None:
-                continue  # keeps its data-free fit
-            w = shadow_weight(module)
-            ref = w.detach() * comp.mask if comp.mask is not None else w.detach().clone()
-            data_free = comp.quantizer(ref, comp.mask).detach()
-            new = gptq(ref, h, comp.quantizer, comp.mask, damp)
-            w.data.copy_(new)
-            rows.append({"layer": name, "output_error_data_free": _output_error(ref, data_free, h),
-                         "output_error_calibrated": _output_error(ref, new, h)})
+        joined = join(list(batches))
+        if joined is not None:
+            rows = _one_pass(model, targets, joined, damp, refit, weighting)
+        else:
+            rows = _pass_per_layer(model, targets, batches, damp, refit, weighting)
     finally:
         model.train(was)
-    if candidates and not rows:
+    if targets and not rows:
         raise UserError("calibration data never reached a quantized layer's forward; check the data matches the model's input")
+    return rows
+
+
+def padding_mask(batch) -> torch.Tensor | None:
+    """The (batch, tokens) positions that are real tokens, from a tokenizer's `attention_mask`, if given."""
+    mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+    return mask.to(torch.bool) if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+
+
+@torch.no_grad()
+def _one_pass(model: nn.Module, targets: dict, batch, damp: float, refit: bool, weighting: str) -> list[dict]:
+    """One forward over the joined batch: each target layer, when reached, is calibrated on its input and
+    its output recomputed with the quantized weight, so the layers after it see what they will see."""
+    rows, seen, inside = [], set(), []
+    keep = padding_mask(batch)
+
+    def hook(module, inputs, output):
+        if module in seen or inside:
+            return None
+        seen.add(module)
+        gram = _Gram(module, keep, weighting)
+        gram.add(inputs[0], output)
+        h = gram.result()
+        if h is None:
+            return None  # keeps its data-free fit
+        rows.append({"layer": targets[module], **_solve_layer(module, h, damp, refit)})
+        inside.append(module)
+        try:
+            return module(*inputs)
+        finally:
+            inside.pop()
+
+    handles = [m.register_forward_hook(hook) for m in targets]
+    try:
+        run(model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return rows
+
+
+def _pass_per_layer(model: nn.Module, targets: dict, batches: list, damp: float, refit: bool, weighting: str) -> list[dict]:
+    """Batches of different shapes: one full pass over all of them per layer, in model order."""
+    rows = []
+    for module, name in targets.items():
+        h = _hessian(model, module, batches, weighting)
+        if h is not None:
+            rows.append({"layer": name, **_solve_layer(module, h, damp, refit)})
     return rows
 
 
 @torch.no_grad()
 def _output_error(w: torch.Tensor, wq: torch.Tensor, h: torch.Tensor) -> float:
-    """Relative output error tr((W−Q) H (W−Q)ᵀ) / tr(W H Wᵀ) of a layer on its calibration inputs."""
-    ref = w.reshape(w.shape[0], -1).double()
-    diff = ref - wq.reshape(wq.shape[0], -1).double()
-    num = torch.einsum("ij,jk,ik->", diff, h, diff)
-    return float(num / torch.einsum("ij,jk,ik->", ref, h, ref).clamp_min(1e-30))
+    """Relative output error Σ_g tr((W−Q)_g H_g (W−Q)_gᵀ) / Σ_g tr(W_g H_g W_gᵀ) on the calibration inputs."""
+    groups = h.shape[0]
+    ref = w.reshape(groups, w.shape[0] // groups, -1).double()
+    diff = ref - wq.reshape(ref.shape).double()
+    num = torch.einsum("gij,gjk,gik->", diff, h, diff)
+    return float(num / torch.einsum("gij,gjk,gik->", ref, h, ref).clamp_min(1e-30))

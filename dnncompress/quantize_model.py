@@ -43,6 +43,7 @@ def quantize(
     exclude: Iterable[str] = (),
     overrides: dict | None = None,
     calibration=None,
+    calibration_options: dict | None = None,
     **options,
 ) -> list[dict]:
     """Put a fitted quantizer on each Conv/Linear (any module with a 2-D+ weight) matching include/exclude.
@@ -50,8 +51,9 @@ def quantize(
     `overrides` maps fnmatch patterns of module names to option dicts (e.g. {"conv1": {"bits": 8}});
     an override may also change the scheme, or set `skip: true` to leave a layer in fp32.
     Existing pruning masks are respected. `calibration` (a tensor of inputs, a list of batches or a
-    DataLoader of (x, y)) turns on calibrated PTQ: each layer minimizes its output error on them
-    (`dnncompress.calibrate`). Returns the per-layer summary.
+    DataLoader of (x, y); a dict of tensors is passed as keyword inputs) turns on calibrated PTQ: each layer minimizes its output error on them
+    (`dnncompress.calibrate`; `calibration_options` go to it: damp, refit, weighting). Returns the
+    per-layer summary.
     """
     if "codebook" in options:  # the CLI's name for the codebook mode
         options["mode"] = options.pop("codebook")
@@ -72,23 +74,31 @@ def quantize(
         quantized.append(name)
     errors = {}
     if calibration is not None:
-        errors = {r.pop("layer"): r for r in calibrate(model, calibration_batches(calibration, next(model.parameters()).device))}
+        errors = {r.pop("layer"): r for r in calibrate(model, calibration_batches(calibration, next(model.parameters()).device),
+                                                    **(calibration_options or {}))}
     return [{**layer_summary(name, layers[name]), **errors.get(name, {})} for name in quantized]
 
 
-def calibration_batches(data, device, batch_size: int = 64) -> list[torch.Tensor]:
-    """Input batches from a tensor, a list of tensors or a DataLoader/iterable of (x, y)."""
+def calibration_batches(data, device, batch_size: int = 64) -> list:
+    """Input batches from a tensor, a dict of tensors (a tokenizer's output: keyword inputs), a list of
+    either, or a DataLoader/iterable of (x, y) or of dicts."""
     if isinstance(data, torch.Tensor):
         return [b.to(device) for b in data.split(batch_size)]
+    if isinstance(data, dict):
+        data = [data]
     out = []
     try:
         for item in data:
             x = item[0] if isinstance(item, (tuple, list)) else item
-            if not isinstance(x, torch.Tensor):
+            if isinstance(x, dict) and x and all(isinstance(v, torch.Tensor) for v in x.values()):
+                out.append({k: v.to(device) for k, v in x.items()})
+            elif isinstance(x, torch.Tensor):
+                out.append(x.to(device))
+            else:
                 raise TypeError(type(x).__name__)
-            out.append(x.to(device))
     except TypeError as e:
-        raise UserError(f"calibration data must be a tensor of inputs, a list of them or a DataLoader of (x, y), got {e}") from None
+        raise UserError(f"calibration data must be a tensor of inputs, a dict of input tensors, a list of them or a "
+                        f"DataLoader of (x, y), got {e}") from None
     if not out:
         raise UserError("calibration data is empty")
     return out
