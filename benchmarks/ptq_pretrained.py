@@ -8,7 +8,7 @@ other. Bytes are the weight bytes of the quantized layers (biases excluded for e
 the real .dnc (codes + tables + index per layer), a peer's from the tensors it keeps for those weights
 in its own quantized state_dict (everything the model holds minus the untouched tensors).
 
-    python benchmarks/ptq_pretrained.py --model mpnet|effnet [--only ours|peers]
+    python benchmarks/ptq_pretrained.py --model mpnet|effnet [--only ours|peers] [--rows LABEL,...] [--resume]
 """
 from __future__ import annotations
 
@@ -196,10 +196,13 @@ def main():
     ap.add_argument("--model", choices=["mpnet", "effnet"], required=True)
     ap.add_argument("--only", choices=["ours", "peers", "all"], default="all")
     ap.add_argument("--rows", default="", help="comma-separated labels of our rows to run (default: all)")
+    ap.add_argument("--resume", action="store_true", help="keep the rows an earlier run of this model logged (same machine, same code)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     setup = Setup(args.model)
     log = Path(tempfile.gettempdir()) / f"ptq_{args.model}.jsonl"
+    if log.exists() and not args.resume:
+        log.unlink()  # a fresh run measures every row again
     done = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     have = {(r["tool"], r["method"], r["ptq"]) for r in done}
     with tempfile.TemporaryDirectory() as d:
@@ -232,7 +235,10 @@ def write(setup: Setup, rows: list[dict], name: str) -> None:
         "Bytes: weight bytes of the quantized layers, biases excluded for every tool, as a share of their fp32 weights "
         f"({setup.fp32_bytes:,} bytes). Seconds and peak MB: the quantize call alone (peak resident memory above the "
         "process's size when it began, sampled), calibration included. Goals (issue 11): ≥ 0.99 mean cosine at ≤ 12.6 % "
-        "of the fp32 bytes; ≥ 0.90 at 2 bits (four-value) within ≤ 6.5 %.\n\n")
+        "of the fp32 bytes; ≥ 0.90 at 2 bits (four-value) within ≤ 6.5 %. Reading the peers: torchao's int4/int2 "
+        "weight-only (IntxWeightOnlyConfig, the CPU path) keeps one int8 per weight, hence its bytes; torchao quantizes "
+        "Linear layers only; a peer that fails on a model shows its error in the note column. Peak MB counts growth "
+        "above the process's size when the call began, so memory an earlier row freed and this one reused is not counted.\n\n")
     out = []
     for r in sorted(rows, key=lambda r: (r.get("bytes", 1 << 62), r["tool"])):
         if "error" in r:
