@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import fnmatch
 import json
 import tempfile
 import time
@@ -68,7 +69,7 @@ class Setup:
         with torch.no_grad():
             self.ref = self.forward(self.model)
         self.layers = {n: m for n, m in self.model.named_modules()
-                       if isinstance(m, (nn.Linear, nn.Conv2d)) and any(__import__("fnmatch").fnmatchcase(n, p) for p in self.include)}
+                       if isinstance(m, (nn.Linear, nn.Conv2d)) and any(fnmatch.fnmatchcase(n, p) for p in self.include)}
         self.fp32_bytes = sum(m.weight.numel() * 4 for m in self.layers.values())
 
     def forward(self, model):
@@ -100,7 +101,7 @@ def tensor_bytes(t) -> int:
 
 def peer_weight_bytes(quantized: nn.Module, setup: Setup) -> int:
     """Everything the quantized model keeps, minus the tensors it left as they were (embeddings, biases, norms)."""
-    original = {k: v for k, v in setup.model.state_dict().items()}
+    original = setup.model.state_dict()
     kept = quantized.state_dict()
     weights = {f"{n}.weight" for n in setup.layers}
     total = sum(tensor_bytes(v) for v in kept.values())

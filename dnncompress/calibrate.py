@@ -147,6 +147,17 @@ def _hessian(model: nn.Module, module: nn.Module, batches: Iterable, weighting: 
     return gram.result()
 
 
+@contextmanager
+def _narrowed(q: ScalarQuantizer, index):
+    """The quantizer with its level table narrowed to rows `index` (row numbers or a slice), put back after."""
+    levels, thresholds = q.levels, q.thresholds
+    try:
+        q.levels, q.thresholds = levels.detach()[index], thresholds[index]
+        yield q
+    finally:
+        q.levels, q.thresholds = levels, thresholds
+
+
 def _quantize_column(q: ScalarQuantizer, col: torch.Tensor, j: int, n: int) -> torch.Tensor:
     """The scheme's nearest level for every row of column j of n (per-channel rows use their own levels,
     group-wise tables the row's group that holds column j), by the scheme's own encode rule."""
@@ -156,12 +167,8 @@ def _quantize_column(q: ScalarQuantizer, col: torch.Tensor, j: int, n: int) -> t
         return q.decode(q.encode(c), c.shape).reshape(col.shape).to(col.dtype)
     per_row = rows // c.shape[0]  # groups per row
     pick = torch.arange(c.shape[0], device=c.device) * per_row + j // (n // per_row)
-    levels, thresholds = q.levels, q.thresholds
-    try:  # the scheme's encode/decode on the column's own rows of the table
-        q.levels, q.thresholds = levels.detach()[pick], thresholds[pick]
+    with _narrowed(q, pick):  # the scheme's encode/decode on the column's own rows of the table
         return q.decode(q.encode(c), c.shape).reshape(col.shape).to(col.dtype)
-    finally:
-        q.levels, q.thresholds = levels, thresholds
 
 
 @torch.no_grad()
@@ -209,16 +216,13 @@ def gptq(weight: torch.Tensor, h: torch.Tensor, q: ScalarQuantizer, mask: torch.
 def _table_rows(q: ScalarQuantizer, start: int, stop: int, rows: int):
     """The quantizer seen through the weight rows [start, stop) of `rows` (a grouped conv's group): per-row
     and group-wise level tables are sliced to those rows, a shared table is left whole."""
-    levels, thresholds = q.levels, q.thresholds
-    per_row = levels.shape[0] // rows if levels.shape[0] % rows == 0 else 0
-    if levels.shape[0] == 1 or not per_row:
+    table = q.levels.shape[0]
+    if table == 1 or table % rows:
         yield q
         return
-    try:
-        q.levels, q.thresholds = levels[start * per_row : stop * per_row], thresholds[start * per_row : stop * per_row]
-        yield q
-    finally:
-        q.levels, q.thresholds = levels, thresholds
+    per_row = table // rows
+    with _narrowed(q, slice(start * per_row, stop * per_row)) as view:
+        yield view
 
 
 def _gptq_groups(ref: torch.Tensor, h: torch.Tensor, q: ScalarQuantizer, mask, damp: float):

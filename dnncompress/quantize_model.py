@@ -51,9 +51,9 @@ def quantize(
     `overrides` maps fnmatch patterns of module names to option dicts (e.g. {"conv1": {"bits": 8}});
     an override may also change the scheme, or set `skip: true` to leave a layer in fp32.
     Existing pruning masks are respected. `calibration` (a tensor of inputs, a list of batches or a
-    DataLoader of (x, y); a dict of tensors is passed as keyword inputs) turns on calibrated PTQ: each layer minimizes its output error on them
-    (`dnncompress.calibrate`; `calibration_options` go to it: damp, refit, weighting). Returns the
-    per-layer summary.
+    DataLoader of (x, y); a dict of tensors is passed as keyword inputs) turns on calibrated PTQ: each
+    layer minimizes its output error on them (`dnncompress.calibrate`; `calibration_options` go to it:
+    damp, refit, weighting). Returns the per-layer summary.
     """
     if "codebook" in options:  # the CLI's name for the codebook mode
         options["mode"] = options.pop("codebook")
@@ -79,11 +79,11 @@ def quantize(
     return [{**layer_summary(name, layers[name]), **errors.get(name, {})} for name in quantized]
 
 
-def calibration_batches(data, device, batch_size: int = 64) -> list:
-    """Input batches from a tensor, a dict of tensors (a tokenizer's output: keyword inputs), a list of
-    either, or a DataLoader/iterable of (x, y) or of dicts."""
+def calibration_batches(data, device) -> list:
+    """Input batches from a tensor (one batch: calibration joins its batches anyway), a dict of tensors
+    (a tokenizer's output: keyword inputs), a list of either, or a DataLoader/iterable of (x, y) or of dicts."""
     if isinstance(data, torch.Tensor):
-        return [b.to(device) for b in data.split(batch_size)]
+        return [data.to(device)]
     if isinstance(data, dict):
         data = [data]
     out = []
