@@ -38,6 +38,7 @@ SCHEMES = [("fourval per channel", dict(scheme="fourval", per_channel=True)),
            ("codebook 3 bits", dict(scheme="codebook", bits=3)),
            ("codebook 4 bits", dict(scheme="codebook", bits=4)),
            ("codebook 4 bits per channel", dict(scheme="codebook", bits=4, per_channel=True))]
+SCHEMES += [(f"{label} + rotation", {**opts, "rotate": True}) for label, opts in SCHEMES if opts != dict(scheme="codebook", bits=4, per_channel=True)]
 
 
 TEST_SENTENCES = 512

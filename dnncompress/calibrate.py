@@ -4,7 +4,10 @@ with the scheme's own level set (GPTQ/OBQ-style second-order error compensation,
 For a layer with inputs X (n×d_in; convolutions unfolded im2col-style), H = 2XᵀX + λI. With U the
 upper Cholesky factor of H⁻¹, the columns are quantized in order: q_j = the scheme's nearest level
 for column j (per-channel rows use their own levels), e = (w_j − q_j)/U_jj, and the columns not yet
-quantized absorb the error: W[:, j+1:] −= e·U[j, j+1:] (lazily, in blocks of 128). Levels and scales
+quantized absorb the error: W[:, j+1:] −= e·U[j, j+1:] (lazily, in blocks of 128). The columns go in
+order of falling H diagonal (act-order: the inputs with the most energy are rounded first, while many
+columns remain to absorb their error; on all-mpnet-base-v2 this alone took the 4-bit codebook's mean
+cosine from 0.944 to 0.981); a group-wise table still serves the group a column sits in. Levels and scales
 come from the scheme's own fit on the original weights; with `refit` the scheme then fits its levels
 again on the error-compensated weights GPTQ rounded, GPTQ runs once more with them, and the better of
 the two (in output error) is kept. Pruned weights stay exactly zero.
@@ -14,7 +17,8 @@ before it already quantized. When the calibration batches can be joined into one
 the batch dimension) this takes ONE forward pass: a hook on each layer builds H from its input,
 quantizes the layer and hands the forward its new output. Otherwise one pass per layer. Either way
 only one layer's H is alive at a time and the model is changed in place (no second copy).
-A module called twice in one forward is calibrated on its first call's inputs.
+A module called twice in one forward is calibrated on its first call's inputs. A rotated scheme
+(`rotate`, quant/rotation.py) is solved in its own frame: W·R against H' = RᵀHR.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import torch.nn.functional as F
 
 from .errors import UserError
 from .quant import ScalarQuantizer
+from .quant.rotation import rotate_gram
 from .surgery import compression_of, shadow_weight
 
 BLOCK = 128
@@ -88,7 +93,7 @@ class _Gram:
     `ok` turns False when the input cannot be read as the matrix the weight multiplies (a subclass that
     pads or reshapes inside forward, e.g. a 'same' padding conv): checked against the output's size."""
 
-    CHUNK = 1 << 15
+    CHUNK = 1 << 13
 
     def __init__(self, module: nn.Module, keep: torch.Tensor | None = None, weighting: str = "auto"):
         self.module, self.h, self.count, self.ok, self.keep, self.weighting = module, None, 0, True, keep, weighting
@@ -119,8 +124,8 @@ class _Gram:
         d = rows.shape[1] // groups  # a grouped conv's group g sees input columns [g·d, (g+1)·d) (unfold is channel-major)
         if self.h is None:
             self.h = torch.zeros(groups, d, d, dtype=torch.float64, device=rows.device)
-        for part in rows.split(self.CHUNK):
-            part = part.double()
+        for part in rows.split(self.CHUNK):  # float64: GPTQ is chaotic (one flipped rounding moves every later column),
+            part = part.double()              # so H must not depend on how the inputs were split into batches
             if relative:  # every token counts alike: the norm after the layer rescales each one anyway
                 part = part / part.norm(dim=1, keepdim=True).clamp_min(1e-12) * part.shape[1] ** 0.5
             part = part.reshape(part.shape[0], groups, d).transpose(0, 1)
@@ -173,15 +178,21 @@ def _quantize_column(q: ScalarQuantizer, col: torch.Tensor, j: int, n: int) -> t
 
 @torch.no_grad()
 def gptq(weight: torch.Tensor, h: torch.Tensor, q: ScalarQuantizer, mask: torch.Tensor | None, damp: float = 0.01,
-         keep_rounded_from: bool = False):
+         keep_rounded_from: bool = False, act_order: bool = False):
     """Quantized weight (rows = output channels) minimizing ‖(W − Q)X‖² column by column (see the module
     docstring). With keep_rounded_from, also the error-compensated values each column had when it was
-    rounded (what a re-fit of the levels should fit)."""
+    rounded (what a re-fit of the levels should fit). With act_order the columns go in order of falling
+    H diagonal (the inputs with the most energy first, while many columns are left to absorb their
+    error); a group-wise table still picks the group by the column's own position."""
     w = weight.reshape(weight.shape[0], -1).double().clone()
     m = mask.reshape(w.shape).to(w.dtype) if mask is not None else None
     h = h.double().clone()
     dead = torch.diag(h) == 0  # inputs that are always zero: their columns cost nothing
     h[dead, dead] = 1
+    perm = torch.argsort(torch.diag(h), descending=True, stable=True) if act_order else None
+    if perm is not None:
+        w, h = w[:, perm], h[perm][:, perm]
+        m = m[:, perm] if m is not None else None
     h += damp * torch.mean(torch.diag(h)) * torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
     try:
         u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
@@ -198,7 +209,7 @@ def gptq(weight: torch.Tensor, h: torch.Tensor, q: ScalarQuantizer, mask: torch.
             col = block[:, j]
             if rounded_from is not None:
                 rounded_from[:, start + j] = col
-            qcol = _quantize_column(q, col.float(), start + j, n).double()
+            qcol = _quantize_column(q, col.float(), start + j if perm is None else int(perm[start + j]), n).double()
             if m is not None:
                 qcol = qcol * m[:, start + j]
             out[:, start + j] = qcol
@@ -206,6 +217,10 @@ def gptq(weight: torch.Tensor, h: torch.Tensor, q: ScalarQuantizer, mask: torch.
             block[:, j:] -= err.unsqueeze(1) * u[start + j, start + j : end].unsqueeze(0)
             errors[:, j] = err
         w[:, end:] -= errors @ u[start:end, end:]
+    if perm is not None:
+        inverse = torch.argsort(perm)
+        out = out[:, inverse]
+        rounded_from = rounded_from[:, inverse] if rounded_from is not None else None
     out = out.reshape(weight.shape).to(weight.dtype)
     if keep_rounded_from:
         return out, rounded_from.reshape(weight.shape).to(weight.dtype)
@@ -225,22 +240,24 @@ def _table_rows(q: ScalarQuantizer, start: int, stop: int, rows: int):
         yield view
 
 
-def _gptq_groups(ref: torch.Tensor, h: torch.Tensor, q: ScalarQuantizer, mask, damp: float):
+def _gptq_groups(ref: torch.Tensor, h: torch.Tensor, q: ScalarQuantizer, mask, damp: float, act_order: bool):
     """GPTQ on each group's rows with that group's H; (quantized weight, values rounded from)."""
     groups, out_rows = h.shape[0], ref.shape[0]
     if groups == 1:
-        return gptq(ref, h[0], q, mask, damp, keep_rounded_from=True)
+        return gptq(ref, h[0], q, mask, damp, keep_rounded_from=True, act_order=act_order)
     size = out_rows // groups
     new, rounded = torch.empty_like(ref), torch.empty_like(ref)
     for g in range(groups):
         part = slice(g * size, (g + 1) * size)
         with _table_rows(q, g * size, (g + 1) * size, out_rows) as view:
-            new[part], rounded[part] = gptq(ref[part], h[g], view, mask[part] if mask is not None else None, damp, keep_rounded_from=True)
+            new[part], rounded[part] = gptq(ref[part], h[g], view, mask[part] if mask is not None else None, damp,
+                                            keep_rounded_from=True, act_order=act_order)
     return new, rounded
 
 
-def _solve_layer(module: nn.Module, h: torch.Tensor, damp: float, refit: bool) -> dict:
-    """GPTQ one layer in place (its shadow weight becomes the quantized solution); its error row."""
+def _solve_layer(module: nn.Module, h: torch.Tensor, damp: float, refit: bool, act_order: bool) -> dict:
+    """GPTQ one layer in place (its shadow weight becomes the quantized solution); its error row. A rotated
+    scheme is solved in its own frame (W·R with H' = RᵀHR, the same output error) and rotated back."""
     comp = compression_of(module)
     q = comp.quantizer
     w = shadow_weight(module)
@@ -248,12 +265,19 @@ def _solve_layer(module: nn.Module, h: torch.Tensor, damp: float, refit: bool) -
     data_free = q(ref, comp.mask).detach()
     free_err = _output_error(ref, data_free, h)
     saved = {k: v.clone() for k, v in q.state_dict().items()}
-    new, rounded_from = _gptq_groups(ref, h, q, comp.mask, damp)
+    frame_ref = q.to_frame(ref, comp.mask)
+    frame_h = torch.stack([rotate_gram(g) for g in h]) if q.rotate else h
+
+    def solve():
+        new, rounded_from = _gptq_groups(frame_ref, frame_h, q, comp.mask, damp, act_order)
+        return q.from_frame(new), q.from_frame(rounded_from)
+
+    new, rounded_from = solve()
     err = _output_error(ref, new, h)
     row = {"output_error_data_free": free_err}
     if refit:  # the scheme fits its own levels again on what GPTQ rounded; kept only if the output error drops
         q.fit(rounded_from, comp.mask)
-        again = _gptq_groups(ref, h, q, comp.mask, damp)[0]
+        again = solve()[0]
         again_err = _output_error(ref, again, h)
         row["refit"] = again_err < err
         if again_err < err:
@@ -269,7 +293,8 @@ def _solve_layer(module: nn.Module, h: torch.Tensor, damp: float, refit: bool) -
     return row
 
 
-def calibrate(model: nn.Module, batches: list, damp: float = 0.01, refit: bool = True, weighting: str = "auto") -> list[dict]:
+def calibrate(model: nn.Module, batches: list, damp: float = 0.01, refit: bool = True, weighting: str = "auto",
+              act_order: bool = True) -> list[dict]:
     """Replace every calibratable quantized layer's shadow weight by its GPTQ solution, in the order the
     forward pass reaches them. Layers this cannot handle (pq, a conv with 'same' padding, a module whose
     forward is never called) keep their data-free fit. `batches`: tensors, dicts of keyword inputs or tuples of
@@ -283,14 +308,15 @@ def calibrate(model: nn.Module, batches: list, damp: float = 0.01, refit: bool =
     if not batches:
         raise UserError("calibration needs at least one batch of inputs")
     targets = {m: n for n, m in model.named_modules() if calibratable(m)}
+    solve = {"damp": damp, "refit": refit, "act_order": act_order}
     was = model.training
     model.eval()
     try:
         joined = join(list(batches))
         if joined is not None:
-            rows = _one_pass(model, targets, joined, damp, refit, weighting)
+            rows = _one_pass(model, targets, joined, weighting, solve)
         else:
-            rows = _pass_per_layer(model, targets, batches, damp, refit, weighting)
+            rows = _pass_per_layer(model, targets, batches, weighting, solve)
     finally:
         model.train(was)
     if targets and not rows:
@@ -305,22 +331,30 @@ def padding_mask(batch) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def _one_pass(model: nn.Module, targets: dict, batch, damp: float, refit: bool, weighting: str) -> list[dict]:
+def _one_pass(model: nn.Module, targets: dict, batch, weighting: str, solve: dict) -> list[dict]:
     """One forward over the joined batch: each target layer, when reached, is calibrated on its input and
     its output recomputed with the quantized weight, so the layers after it see what they will see."""
     rows, seen, inside = [], set(), []
     keep = padding_mask(batch)
+    last = {}  # the last Linear input and its H: attention's q, k and v read one tensor, built once
 
     def hook(module, inputs, output):
         if module in seen or inside:
             return None
         seen.add(module)
-        gram = _Gram(module, keep, weighting)
-        gram.add(inputs[0], output)
-        h = gram.result()
+        x = inputs[0]
+        if isinstance(module, nn.Linear) and last.get("x") is x and last["version"] == x._version:
+            h = last["h"]
+        else:
+            gram = _Gram(module, keep, weighting)
+            gram.add(x, output)
+            h = gram.result()
+            last.clear()
+            if isinstance(module, nn.Linear) and h is not None:
+                last.update(x=x, version=x._version, h=h)
         if h is None:
             return None  # keeps its data-free fit
-        rows.append({"layer": targets[module], **_solve_layer(module, h, damp, refit)})
+        rows.append({"layer": targets[module], **_solve_layer(module, h, **solve)})
         inside.append(module)
         try:
             return module(*inputs)
@@ -336,13 +370,13 @@ def _one_pass(model: nn.Module, targets: dict, batch, damp: float, refit: bool, 
     return rows
 
 
-def _pass_per_layer(model: nn.Module, targets: dict, batches: list, damp: float, refit: bool, weighting: str) -> list[dict]:
+def _pass_per_layer(model: nn.Module, targets: dict, batches: list, weighting: str, solve: dict) -> list[dict]:
     """Batches of different shapes: one full pass over all of them per layer, in model order."""
     rows = []
     for module, name in targets.items():
         h = _hessian(model, module, batches, weighting)
         if h is not None:
-            rows.append({"layer": name, **_solve_layer(module, h, damp, refit)})
+            rows.append({"layer": name, **_solve_layer(module, h, **solve)})
     return rows
 
 

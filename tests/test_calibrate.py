@@ -166,8 +166,9 @@ def test_one_pass_equals_a_pass_per_layer():
     for m in (one, per):
         quantize(m, scheme="codebook", bits=3)
     targets = lambda m: {mod: n for n, mod in m.named_modules() if C.calibratable(mod)}  # noqa: E731
-    C._one_pass(one, targets(one), calib, 0.01, True, "auto")
-    C._pass_per_layer(per, targets(per), list(calib.split(100)), 0.01, True, "auto")
+    solve = {"damp": 0.01, "refit": True, "act_order": True}
+    C._one_pass(one, targets(one), calib, "auto", solve)
+    C._pass_per_layer(per, targets(per), list(calib.split(100)), "auto", solve)
     for a, b in zip(one.parameters(), per.parameters()):
         assert torch.allclose(a, b, atol=1e-5)
 

@@ -20,13 +20,14 @@ from .common import (
 )
 
 EXAMPLE = "dnncompress quantize tuned.pt --scheme fourval --exclude conv1 -o q.pt"
-FIELDS = ["scheme", "bits", "codebook", "zero", "init", "rule", "per_channel", "group_size", "refit", "calibrate"]
+FIELDS = ["scheme", "bits", "codebook", "zero", "init", "rule", "per_channel", "group_size", "rotate", "refit", "calibrate"]
 HELP = {"scheme": "fourval, ternary, asym-ternary, asym-quaternary, codebook, pq (see 'dnncompress list')",
         "bits": "bits per code (codebook: 2–8; pq: 1–8, 2^bits centroids; the others are 2-bit)",
         "codebook": "codebook: SQC (static) or DQC (dynamic)", "zero": "codebook: keep an exact zero value",
         "init": "codebook initialisation", "rule": "ternary: TWN threshold rule or exact L2 fit",
         "per_channel": "one scale per output channel (fourval, ternary, asym)", "refit": "scale re-fit per QAT step",
         "group_size": "one scale per run of N weights of a row, e.g. 64 (fourval, ternary, asym; the scales are counted in the file)",
+        "rotate": "quantize each row in a randomized Hadamard frame (outlier columns spread out; costs no bytes; unpruned layers only)",
         "calibrate": "calibrated PTQ on N validation samples: each layer minimizes its output error (GPTQ-style) with the scheme's levels"}
 
 

@@ -29,6 +29,7 @@ import torch.nn as nn
 
 from ..errors import UserError
 from ..registry import Registry
+from .rotation import rotate, unrotate
 
 SCHEMES: Registry[type[Quantizer]] = Registry("quantization scheme")
 CHUNK = 1 << 20
@@ -85,10 +86,12 @@ class Quantizer(nn.Module):
     default_bits: int = 2
     bit_range: tuple[int, int] = (2, 2)
     supports_per_channel: bool = True
+    supports_rotation: bool = False
     has_zero_option: bool = False
     option_names: tuple[str, ...] = ()
 
-    def __init__(self, bits: int | None = None, per_channel: bool = False, refit: str = "fast", group_size: int = 0, **options: Any):
+    def __init__(self, bits: int | None = None, per_channel: bool = False, refit: str = "fast", group_size: int = 0,
+                 rotate: bool = False, **options: Any):
         super().__init__()
         self.bits = int(bits if bits is not None else self.default_bits)
         lo, hi = self.bit_range
@@ -99,6 +102,10 @@ class Quantizer(nn.Module):
             raise UserError(f"scheme '{self.scheme}' is fitted per layer; drop --per-channel / --group-size")
         if not isinstance(group_size, int) or isinstance(group_size, bool) or not 0 <= group_size <= 1 << 20:
             raise UserError(f"group_size must be 0 (off) or a positive number of weights, got {group_size!r}")
+        if not isinstance(rotate, bool):
+            raise UserError(f"rotate must be true or false, got {rotate!r}")
+        if rotate and not self.supports_rotation:
+            raise UserError(f"scheme '{self.scheme}' cannot be rotated; drop --rotate")
         if refit not in ("fast", "exact", "none"):
             raise UserError(f"refit must be fast, exact or none, got '{refit}'")
         unknown = set(options) - set(self.option_names)
@@ -109,6 +116,7 @@ class Quantizer(nn.Module):
             raise UserError(f"scheme '{self.scheme}' has no option '{name}'; options: {', '.join(self.option_names) or 'none'}")
         self.per_channel = bool(per_channel or group_size)
         self.group_size = int(group_size)
+        self.rotate = rotate
         self.refit = refit
         self.options = dict(options)
         self.fitted = False
@@ -123,6 +131,8 @@ class Quantizer(nn.Module):
                 "options": dict(self.options)}
         if self.group_size:
             meta["group_size"] = self.group_size
+        if self.rotate:
+            meta["rotate"] = True
         return meta
 
     def table_rows(self, shape) -> int:
@@ -158,7 +168,12 @@ class Quantizer(nn.Module):
 
 
 class ScalarQuantizer(Quantizer):
-    """One code per kept weight, looked up in a per-row table of levels (see the module docstring)."""
+    """One code per kept weight, looked up in a per-row table of levels (see the module docstring).
+
+    With `rotate` the table, the codes and encode/decode live in the rotated frame (`rotation.py`):
+    fit, forward, storage and decode_storage take and give the weight as the layer uses it."""
+
+    supports_rotation = True
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
@@ -193,9 +208,23 @@ class ScalarQuantizer(Quantizer):
         valid = mask.reshape(c, -1).to(torch.bool) if mask is not None else torch.ones_like(rows, dtype=torch.bool)
         return rows, valid
 
+    def to_frame(self, w: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The weight as the table sees it: rotated when `rotate` is on (a pruned layer cannot be: its zeros
+        would not survive the rotation)."""
+        if not self.rotate:
+            return w
+        if mask is not None and not bool(mask.all()):
+            raise UserError("a rotated scheme needs an unpruned layer (its zeros would not survive the rotation); "
+                            "drop rotate for pruned layers")
+        return rotate(w)
+
+    def from_frame(self, w: torch.Tensor) -> torch.Tensor:
+        """to_frame()'s inverse."""
+        return unrotate(w) if self.rotate else w
+
     @torch.no_grad()
     def fit(self, w: torch.Tensor, mask: torch.Tensor | None = None) -> ScalarQuantizer:
-        rows, valid = self._rows(w.detach().float(), mask)
+        rows, valid = self._rows(self.to_frame(w.detach().float(), mask), mask)
         levels, thresholds = self._fit(rows, valid)
         self._store(levels, thresholds)
         self.fitted = True
@@ -218,7 +247,15 @@ class ScalarQuantizer(Quantizer):
         return out.reshape(shape if shape is not None else codes.shape)
 
     def forward(self, w: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Fake-quantize with a straight-through gradient; re-fits the scales each training step."""
+        """Fake-quantize with a straight-through gradient (through the rotation, when on: R·Rᵀ = I)."""
+        if not self.rotate:
+            return self.fake_quantize(w, mask)
+        if not self.fitted:
+            self.fit(w, mask)
+        return self.from_frame(self.fake_quantize(self.to_frame(w, mask), None))
+
+    def fake_quantize(self, w: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """forward() in the table's frame; re-fits the scales each training step."""
         if not self.fitted:
             self.fit(w, mask)
         elif self.training and self.refit != "none":
@@ -260,7 +297,7 @@ class ScalarQuantizer(Quantizer):
 
     # ------------------------------------------------------------------ packed form
     def storage(self, w: torch.Tensor, mask: torch.Tensor | None = None) -> Storage:
-        codes = self.encode(w.detach().float()).reshape(-1)
+        codes = self.encode(self.to_frame(w.detach().float(), mask)).reshape(-1)
         if mask is not None:
             codes = codes[mask.reshape(-1).to(torch.bool)]
         return Storage(self.meta(), self._tables(), codes.to(torch.uint8), self.bits)
@@ -273,6 +310,8 @@ class ScalarQuantizer(Quantizer):
     def decode_storage(self, codes, shape, mask):
         """levels[row, code] scattered to the kept positions, in chunks of rows (no n-sized int64 temporaries)."""
         levels = self.levels.detach().float()
+        if self.rotate and mask is not None:
+            raise ValueError("a rotated layer cannot have a pruning mask")
         rows = levels.shape[0]
         numel = int(torch.Size(shape).numel())
         row_len = numel // rows if rows else 0
@@ -296,7 +335,7 @@ class ScalarQuantizer(Quantizer):
                 out[r0 : r0 + counts.numel()] = values.reshape(-1, row_len)
             else:
                 out[r0 : r0 + counts.numel()][block] = values
-        return out.reshape(shape)
+        return self.from_frame(out.reshape(shape))
 
     def summary(self) -> dict:
         lv = self.levels.detach()
@@ -320,7 +359,7 @@ def make_quantizer(scheme: str, **options) -> Quantizer:
 
 def _from_meta(meta: dict) -> Quantizer:
     return make_quantizer(meta["scheme"], bits=meta["bits"], per_channel=meta.get("per_channel", False), group_size=meta.get("group_size", 0),
-                          refit=meta.get("refit", "fast"), **meta.get("options", {}))
+                          refit=meta.get("refit", "fast"), rotate=meta.get("rotate", False), **meta.get("options", {}))
 
 
 def quantizer_from_state(state: dict) -> Quantizer:

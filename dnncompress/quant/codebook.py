@@ -87,7 +87,7 @@ class Codebook(ScalarQuantizer):
             grad[:, self._zero_index()] = 0
         return grad
 
-    def forward(self, w, mask=None):
+    def fake_quantize(self, w, mask=None):
         if not self.fitted:
             self.fit(w, mask)
         codes = self.encode(w)

@@ -36,13 +36,13 @@ class FourValue(ScalarQuantizer):
         codes = pos.to(torch.uint8) * 2 + (big == pos).to(torch.uint8)  # −2α, −α, +α, +2α → 0, 1, 2, 3
         return codes.reshape(w.shape)
 
-    def forward(self, w, mask=None):
+    def fake_quantize(self, w, mask=None):
         """Closed-form fake-quantize, equal bit for bit to decode(encode(w)) (same stored thresholds,
         levels ±α·{1,2} by exact multiplications), with the QAT α update done first as one O(n)
         alternating step from the last α: α ← (Σ|w| + Σ_{|w|>1.5α}|w|)/(n + 3k) (DESIGN §9).
         Written as in-place arithmetic: torch.where with broadcast scalars was 6× slower here."""
         if not self.fitted or (self.training and self.refit == "exact"):
-            return super().forward(w, mask)
+            return super().fake_quantize(w, mask)
         c = self.levels.shape[0]
         rows = w.reshape(c, -1)
         with torch.no_grad():

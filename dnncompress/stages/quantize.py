@@ -27,6 +27,7 @@ class QuantizeParams:
     refit_every: int | None = None  # dynamic codebook only
     refit: Literal["fast", "exact", "none"] = "fast"  # scale re-fit per QAT step (fourval/ternary/asym)
     group_size: int = 0  # one scale per run of this many weights of a row (fourval/ternary/asym; 0: per layer or per channel)
+    rotate: bool = False  # quantize in a randomized Hadamard frame (scalar schemes; unpruned layers)
     options: dict = field(default_factory=dict)  # any scheme's own options by name, e.g. pq: {d: 4, table: fp16}
     calibrate: int = 0  # calibrated PTQ (GPTQ-style, the scheme's own levels) on this many validation samples; 0: data-free
     include: list = field(default_factory=lambda: ["*"])
@@ -62,7 +63,7 @@ class QuantizeParams:
     def quantizer_options(self) -> dict:
         opts = {"bits": self.bits, "per_channel": self.per_channel, "refit": self.refit, "rule": self.rule,
                 "mode": self.codebook, "zero": self.zero, "init": self.init, "grad": self.grad, "refit_every": self.refit_every,
-                "group_size": self.group_size or None}
+                "group_size": self.group_size or None, "rotate": self.rotate or None}
         return {**{k: v for k, v in opts.items() if v is not None}, **self.options}
 
 
