@@ -41,3 +41,15 @@ def test_few_values_and_pinned_zero():
     assert kmeans_1d(torch.tensor([1.0, 1.0, 2.0]), 8).numel() == 8  # more centroids than values: duplicates
     c = kmeans_1d(torch.randn(1000) + 3, 4, pin_zero=True)
     assert (c == 0).sum() == 1
+
+
+def test_compiled_and_numpy_programs_agree_bit_for_bit(monkeypatch):
+    pytest.importorskip("numba")
+    from dnncompress.quant import kmeans as K
+
+    rng = np.random.default_rng(2)
+    x = np.sort(rng.standard_t(2, size=30_000))
+    mu, w = K._bins(x, 2048)
+    assert K._numba_program() is not None
+    for k in (64, 130, 256):
+        assert np.array_equal(K.optimal_weighted(mu, w, k), K._optimal_numpy(mu, w, k))
