@@ -19,7 +19,7 @@ def test_table_rows():
     assert table_rows((8, 25), True, 16) == 8  # 16 does not divide a row of 25: one group per row
 
 
-@pytest.mark.parametrize("scheme", ["fourval", "ternary", "asym-ternary", "asym-quaternary"])
+@pytest.mark.parametrize("scheme", ["fourval", "ternary", "asym-ternary", "asym-quaternary", "codebook"])
 def test_groups_fit_closer_and_pack_exactly(tmp_path, scheme):
     torch.manual_seed(0)
     lin = torch.nn.Linear(128, 16)
@@ -36,13 +36,14 @@ def test_groups_fit_closer_and_pack_exactly(tmp_path, scheme):
     back = checkpoint_from_packed(path, model=torch.nn.Sequential(torch.nn.Linear(128, 16)))
     assert torch.equal(back["state_dict"]["0.weight"], effective_state_dict(model)["0.weight"])
     width = 2 if scheme.startswith("asym") else 1
+    shared = 16 * 4 if scheme == "codebook" else 0  # a 4-bit codebook's 16 shared values, fp32
     row = next(r for r in report_packed(path)["layers"] if r["layer"] == "0")
-    assert row["tables"] == 16 * 4 * width * 4  # 16 rows × 4 groups × α (and αn) × fp32: counted in the file
+    assert row["tables"] == 16 * 4 * width * 4 + shared  # 16 rows × 4 groups × α (and αn) or scale × fp32: counted in the file
 
 
 def test_group_size_is_refused_where_it_means_nothing():
     with pytest.raises(UserError, match="group-size"):
-        make_quantizer("codebook", group_size=64)
+        make_quantizer("pq", group_size=64)
     with pytest.raises(UserError, match="group_size"):
         make_quantizer("fourval", group_size=-1)
 

@@ -16,6 +16,9 @@ CASES = [(s, {}) for s in SCALAR] + [
     ("codebook", {"bits": 5, "mode": "dynamic"}),
     ("codebook", {"bits": 8, "init": "linear"}),
     ("codebook", {"bits": 4, "init": "pow2", "zero": True}),
+    ("codebook", {"bits": 4, "per_channel": True}),
+    ("codebook", {"bits": 3, "per_channel": True, "zero": True}),
+    ("codebook", {"bits": 4, "group_size": 24}),
 ]
 
 
@@ -162,7 +165,7 @@ def test_fast_refine_tracks_the_exact_fit():
         ("codebook", {"bits": 1}, "2–8 bits"),
         ("fourval", {"bits": 3}, "takes 2 bits"),
         ("fourval", {"zero": True}, "no zero option"),
-        ("codebook", {"per_channel": True}, "per layer"),
+        ("codebook", {"per_channel": True, "mode": "dynamic"}, "per layer"),
         ("ternary", {"rule": "best"}, "twn"),
     ],
 )

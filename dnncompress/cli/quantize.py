@@ -25,8 +25,8 @@ HELP = {"scheme": "fourval, ternary, asym-ternary, asym-quaternary, codebook, pq
         "bits": "bits per code (codebook: 2–8; pq: 1–8, 2^bits centroids; the others are 2-bit)",
         "codebook": "codebook: SQC (static) or DQC (dynamic)", "zero": "codebook: keep an exact zero value",
         "init": "codebook initialisation", "rule": "ternary: TWN threshold rule or exact L2 fit",
-        "per_channel": "one scale per output channel (fourval, ternary, asym)", "refit": "scale re-fit per QAT step",
-        "group_size": "one scale per run of N weights of a row, e.g. 64 (fourval, ternary, asym; the scales are counted in the file)",
+        "per_channel": "one scale per output channel (fourval, ternary, asym; codebook: a shared table × a scale per row)", "refit": "scale re-fit per QAT step",
+        "group_size": "one scale per run of N weights of a row, e.g. 64 (fourval, ternary, asym, codebook; the scales are counted in the file)",
         "rotate": "quantize each row in a randomized Hadamard frame (outlier columns spread out; costs no bytes; unpruned layers only)",
         "calibrate": "calibrated PTQ on N validation samples: each layer minimizes its output error (GPTQ-style) with the scheme's levels"}
 

@@ -1,5 +1,11 @@
 """Shared-value codebooks, 2–8 bits, with or without an exact zero (seed 001).
 
+Per layer, one table of 2^bits values. `per_channel` (or `group_size`): one table of values shared by
+every row, times a scale per row (or per run of g weights): rows of very different sizes (a CNN's
+filters before their BatchNorm) each get the shared shape at their own size for 4 bytes a row. It is
+fitted by alternating least squares from k-means on the RMS-normalized rows: codes, then each row's
+scale, then each shared value (the scale-weighted mean of its weights).
+
 `mode: static` (SQC): the codebook is fitted once; weights are re-assigned to the nearest value
 every step, the values never move. `mode: dynamic` (DQC): the values are trainable parameters;
 each receives the summed (or mean) gradient of the weights assigned to it, and with
@@ -11,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError
-from .base import SCHEMES, ScalarQuantizer, midpoints
+from .base import SCHEMES, ScalarQuantizer, check_table, midpoints
 from .kmeans import kmeans_1d, lloyd_sorted
 
 
@@ -41,7 +47,6 @@ class Codebook(ScalarQuantizer):
     scheme = "codebook"
     default_bits = 4
     bit_range = (2, 8)
-    supports_per_channel = False
     has_zero_option = True
     option_names = ("zero", "init", "mode", "grad", "refit_every")
 
@@ -55,6 +60,11 @@ class Codebook(ScalarQuantizer):
         if refit_every < 0:
             raise UserError("refit_every must be ≥ 0")
         super().__init__(*args, zero=bool(zero), init=init, mode=mode, grad=grad, refit_every=int(refit_every), **kw)
+        if self.per_channel and mode == "dynamic":
+            raise UserError("a dynamic codebook is trained per layer; per-channel scales are for static codebooks")
+        if self.per_channel:  # levels = scale · shared
+            self.register_buffer("shared", torch.zeros(1, self.num_levels))
+            self.register_buffer("scale", torch.ones(1, 1))
         self.refit = "none"  # static: values fixed; dynamic: values move by gradient (and periodic re-fit)
         if mode == "dynamic":
             self.levels = nn.Parameter(self.levels.clone())
@@ -63,16 +73,42 @@ class Codebook(ScalarQuantizer):
         self._last_codes = None
 
     def _fit(self, rows, valid):
-        values = rows[valid]
-        levels = _init_levels(values, self.num_levels, self.options["init"], self.options["zero"]).unsqueeze(0)
+        if not self.per_channel:
+            values = rows[valid]
+            levels = _init_levels(values, self.num_levels, self.options["init"], self.options["zero"]).unsqueeze(0)
+            return levels, midpoints(levels)
+        shared, scale = _fit_scaled(rows, valid, self.num_levels, self.options["init"], self.options["zero"])
+        self.shared, self.scale = shared, scale
+        return self._scaled_table()
+
+    def _scaled_table(self):
+        levels = self.scale * self.shared  # scale ≥ 0, so every row stays ascending
         return levels, midpoints(levels)
+
+    def _tables(self):
+        if not self.per_channel:
+            return super()._tables()
+        return {"levels": self.shared.detach().float().cpu().clone(), "scale": self.scale.detach().float().cpu().clone()}
+
+    def _from_tables(self, tables, rows):
+        if not self.per_channel:
+            return super()._from_tables(tables, rows)
+        shared = check_table(tables, "levels", (1, self.num_levels))
+        scale = check_table(tables, "scale", (rows, 1))
+        if bool((scale < 0).any()) or bool((shared[:, 1:] < shared[:, :-1]).any()):
+            raise ValueError("a scaled codebook needs ascending levels and scales ≥ 0")
+        self.shared, self.scale = shared, scale
+        return self._scaled_table()
 
     def _zero_index(self) -> int:
         return int(self.levels.detach().abs().argmin())
 
     def encode(self, w: torch.Tensor) -> torch.Tensor:
         """Nearest value by index into `levels` as stored. Trained values may cross, but the parameter is
-        never reordered (that would scramble the optimizer's per-value state): we search a sorted view."""
+        never reordered (that would scramble the optimizer's per-value state): we search a sorted view.
+        Scaled (per-channel) tables are ascending in every row and use the stored thresholds."""
+        if self.per_channel:
+            return super().encode(w)
         ordered, order = torch.sort(self.levels.detach(), dim=1)
         rows = w.detach().reshape(1, -1).float().contiguous()
         return order[0][torch.searchsorted(midpoints(ordered).contiguous(), rows)].reshape(w.shape)
@@ -124,8 +160,56 @@ class Codebook(ScalarQuantizer):
     def export_state(self) -> dict:
         state = super().export_state()
         state["thresholds"] = midpoints(torch.sort(state["levels"], dim=1).values)
+        if self.per_channel:
+            state.update(shared=self.shared.detach().cpu().clone(), scale=self.scale.detach().cpu().clone())
         return state
+
+    def load_state(self, state: dict) -> Codebook:
+        if self.per_channel:
+            self.shared, self.scale = state["shared"].float().clone(), state["scale"].float().clone()
+        return super().load_state(state)
+
+    @classmethod
+    def check_state(cls, state: dict, shape: tuple) -> None:
+        super().check_state(state, shape)
+        if not state.get("per_channel"):
+            return
+        shared, scale, levels = state.get("shared"), state.get("scale"), state["levels"]
+        if not isinstance(shared, torch.Tensor) or not isinstance(scale, torch.Tensor) or not shared.dtype.is_floating_point \
+                or not scale.dtype.is_floating_point or tuple(shared.shape) != (1, levels.shape[1]) \
+                or tuple(scale.shape) != (levels.shape[0], 1):
+            raise ValueError("a per-channel codebook needs its shared values (1×L) and one scale per row")
+        if not torch.equal((scale.float() * shared.float()), levels.float()):
+            raise ValueError("a per-channel codebook's levels must be its scales times its shared values")
 
     def describe(self) -> str:
         o = self.options
         return f"codebook {o['mode']}{' +0' if o['zero'] else ''}"
+
+
+@torch.no_grad()
+def _fit_scaled(rows: torch.Tensor, valid: torch.Tensor, k: int, init: str, zero: bool, rounds: int = 4):
+    """Shared values (1×k, ascending) and row scales (C×1, ≥ 0) for levels = scale·shared, by alternating
+    least squares (minimizing Σ (w − s_r·v_c)² over kept weights) from k-means on RMS-normalized rows."""
+    w = rows.double()
+    keep = valid.to(w.dtype)
+    count = keep.sum(1, keepdim=True)
+    rms = ((w * w * keep).sum(1, keepdim=True) / count.clamp_min(1)).sqrt()
+    s = torch.where(rms > 0, rms, torch.ones_like(rms))
+    z = w / s
+    shared = _init_levels(z[valid].float(), k, init, zero).double().sort().values
+    for step in range(rounds):
+        codes = torch.searchsorted(midpoints(shared.unsqueeze(0)).squeeze(0).contiguous(), (w / s).contiguous())
+        v = shared[codes] * keep
+        s = ((w * v).sum(1, keepdim=True) / (v * v).sum(1, keepdim=True).clamp_min(1e-300)).clamp_min(0)
+        s = torch.where((v * v).sum(1, keepdim=True) > 0, s, torch.zeros_like(s))
+        weight = (s * s).expand_as(w) * keep  # v_c = Σ s·w / Σ s² over the weights coded c
+        num = torch.zeros(k, dtype=w.dtype).index_add_(0, codes.flatten(), (s * w * keep).flatten())
+        den = torch.zeros(k, dtype=w.dtype).index_add_(0, codes.flatten(), weight.flatten())
+        shared = torch.where(den > 0, num / den.clamp_min(1e-300), shared)
+        if zero:
+            shared[shared.abs().argmin()] = 0.0
+        shared = shared.sort().values
+        if step < rounds - 1:
+            s = torch.where(s > 0, s, torch.ones_like(s))  # dead rows: any scale encodes them, zero decodes them
+    return shared.float().unsqueeze(0), s.float()

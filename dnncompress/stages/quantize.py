@@ -26,7 +26,7 @@ class QuantizeParams:
     grad: Literal["sum", "mean"] | None = None  # dynamic codebook only
     refit_every: int | None = None  # dynamic codebook only
     refit: Literal["fast", "exact", "none"] = "fast"  # scale re-fit per QAT step (fourval/ternary/asym)
-    group_size: int = 0  # one scale per run of this many weights of a row (fourval/ternary/asym; 0: per layer or per channel)
+    group_size: int = 0  # one scale per run of this many weights of a row (fourval/ternary/asym/codebook; 0: per layer or per channel)
     rotate: bool = False  # quantize in a randomized Hadamard frame (scalar schemes; unpruned layers)
     options: dict = field(default_factory=dict)  # any scheme's own options by name, e.g. pq: {d: 4, table: fp16}
     calibrate: int = 0  # calibrated PTQ (GPTQ-style, the scheme's own levels) on this many validation samples; 0: data-free
