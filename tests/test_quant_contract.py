@@ -185,3 +185,20 @@ def test_per_channel_rows_follow_the_weights_first_dimension():
         m = torch.nn.Sequential(layer)
         quantize(m, "fourval", per_channel=True)
         assert compression_of(m[0]).quantizer.levels.shape[0] == m[0].parametrizations["weight"].original.shape[0]
+
+
+def test_a_scaled_codebook_serves_rows_of_very_different_sizes():
+    """Per channel, a codebook is one shared table times a scale per row: filters 100× apart in size each
+    keep their shape, where one table for the layer rounds the small ones to a few values."""
+    torch.manual_seed(2)
+    w = torch.randn(32, 72) * torch.logspace(-2, 0, 32).unsqueeze(1)
+    per_layer = make_quantizer("codebook", bits=3).fit(w)
+    per_row = make_quantizer("codebook", bits=3, per_channel=True).fit(w)
+
+    def worst_row_error(q):
+        return float(((q(w) - w).norm(dim=1) / w.norm(dim=1)).max())
+
+    assert worst_row_error(per_row) < 0.5 * worst_row_error(per_layer)
+    st = per_row.storage(w)
+    assert set(st.tables) == {"levels", "scale"} and st.tables["levels"].shape == (1, 8) and st.tables["scale"].shape == (32, 1)
+    assert torch.equal(per_row.scale * per_row.shared, per_row.levels)
