@@ -23,6 +23,7 @@ KS = (4, 16, 32, 64, 128, 256)
 
 def data(n: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)  # the chi-square draw below uses the global generator
     u = torch.rand(n, generator=g, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
     return {"Gaussian": torch.randn(n, generator=g),
             "Laplace": (-torch.sign(u - 0.5) * torch.log1p(-2 * (u - 0.5).abs())).float(),
@@ -37,25 +38,37 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(2)
     rows, worst_gap, worst_time = [], 0.0, 0.0
+    t = time.perf_counter()
+    kmeans_1d(torch.randn(1000), 64)  # once per process: numba's import and its cached compiled code
+    warmup = time.perf_counter() - t
+
+    def best_of(fn, repeat=3):
+        """The fastest of a few runs (the machine's other load only ever slows a run down)."""
+        times = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - t)
+        return out, min(times)
+
     for name, x in data(args.n).items():
         xs = x.double().numpy()
         for k in KS:
-            t = time.perf_counter()
-            ours = kmeans_1d(x, k)
-            t_ours = time.perf_counter() - t
+            ours, t_ours = best_of(lambda: kmeans_1d(x, k))
             t = time.perf_counter()
             _, opt = kmeans1d.cluster(xs, k)
             t_opt = time.perf_counter() - t
-            t = time.perf_counter()
-            KMeans(k, n_init=1, random_state=0).fit(xs.reshape(-1, 1))
-            t_sk = time.perf_counter() - t
+            _, t_sk = best_of(lambda: KMeans(k, n_init=1, random_state=0).fit(xs.reshape(-1, 1)))
             gap = 100 * (sse(x, ours) / sse(x, torch.tensor(opt)) - 1)
             worst_gap, worst_time = max(worst_gap, gap), max(worst_time, t_ours / t_sk)
             rows.append([name, k, f"{gap:.4f} %", f"{t_ours:.3f}", f"{t_opt:.3f}", f"{t_sk:.3f}", f"1/{t_sk / t_ours:.1f}"])
             print(rows[-1], flush=True)
     body = (f"{args.n:,} values per distribution (seed 0). 'gap' = our SSE / the optimal SSE (`kmeans1d`, exact) − 1. "
             "Ours: the exact dynamic program on ≤ ~16·k weighted bins (equal-count, equal-width in asinh(x/IQR), the extreme "
-            "values alone), then Lloyd on every value. scikit-learn: `KMeans(k, n_init=1)`.\n\n")
+            "values alone; compiled with numba when installed), then Lloyd on every value. scikit-learn: "
+            "`KMeans(k, n_init=1)`. Times: the best of 3 runs for ours and scikit-learn's, one run for kmeans1d. "
+            f"Once per process the first call also loads numba and its cached compiled code: {warmup:.2f} s here "
+            "(not in the table).\n\n")
     body += table(["data", "k", "gap to optimal", "ours s", "kmeans1d s", "scikit-learn s", "ours / scikit-learn"], rows)
     body += (f"\n\nWorst gap {worst_gap:.4f} % (target ≤ 0.1 %: {'met' if worst_gap <= 0.1 else 'MISSED'}); worst time "
              f"{worst_time:.2f}× scikit-learn's (target ≤ 0.20×: {'met' if worst_time <= 0.2 else 'MISSED'}). Before this change "

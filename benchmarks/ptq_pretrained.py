@@ -42,7 +42,7 @@ SCHEMES = [("fourval per channel", dict(scheme="fourval", per_channel=True)),
 SCHEMES += [(f"{label} + rotation", {**opts, "rotate": True}) for label, opts in SCHEMES]
 # a CNN's depthwise convs (3.9 % of EfficientNet-Lite0's weights, 9 per filter) at 8 bits, the rest at 4: the
 # overrides name the model's depthwise layers (Setup.depthwise), so the row is built per model
-DEPTHWISE_8 = ("codebook 4 bits per channel + rotation, depthwise 8 bits", dict(scheme="codebook", bits=4, per_channel=True, rotate=True))
+DEPTHWISE_8 = ("codebook 4 bits per channel + rotation + depthwise 8 bits", dict(scheme="codebook", bits=4, per_channel=True, rotate=True))
 SCHEMES.append(DEPTHWISE_8)
 
 

@@ -8,9 +8,9 @@ quantized absorb the error: W[:, j+1:] −= e·U[j, j+1:] (lazily, in blocks of 
 order of falling H diagonal (act-order: the inputs with the most energy are rounded first, while many
 columns remain to absorb their error; on all-mpnet-base-v2 this alone took the 4-bit codebook's mean
 cosine from 0.944 to 0.981); a group-wise table still serves the group a column sits in. Levels and scales
-come from the scheme's own fit on the original weights; with `refit` the scheme then fits its levels
-again on the error-compensated weights GPTQ rounded, GPTQ runs once more with them, and the better of
-the two (in output error) is kept. Pruned weights stay exactly zero.
+come from the scheme's own fit on the original weights; with `refit` (off by default: it overfits, see
+calibrate()) the scheme then fits its levels again on the error-compensated weights GPTQ rounded, GPTQ
+runs once more with them, and the better of the two (in output error) is kept. Pruned weights stay exactly zero.
 
 Layers are done in the order the forward pass runs them, each on the inputs it sees with the layers
 before it already quantized. When the calibration batches can be joined into one (same shapes past
@@ -293,7 +293,7 @@ def _solve_layer(module: nn.Module, h: torch.Tensor, damp: float, refit: bool, a
     return row
 
 
-def calibrate(model: nn.Module, batches: list, damp: float = 0.01, refit: bool = True, weighting: str = "auto",
+def calibrate(model: nn.Module, batches: list, damp: float = 0.01, refit: bool = False, weighting: str = "auto",
               act_order: bool = True) -> list[dict]:
     """Replace every calibratable quantized layer's shadow weight by its GPTQ solution, in the order the
     forward pass reaches them. Layers this cannot handle (pq, a conv with 'same' padding, a module whose
@@ -302,7 +302,11 @@ def calibrate(model: nn.Module, batches: list, damp: float = 0.01, refit: bool =
     its norm, "plain" weights rows by their size as GPTQ does; "auto" is relative for Linear layers fed
     sequences (3-D inputs: a transformer's tokens, which the next LayerNorm rescales one by one, and
     where a few tokens with huge activations would otherwise get all of the error budget) and plain
-    elsewhere. Padding positions named by a dict batch's `attention_mask` are left out. Returns per-layer errors."""
+    elsewhere. Padding positions named by a dict batch's `attention_mask` are left out. `refit` (off by default)
+    lets the scheme fit its levels again on what GPTQ rounded and keeps that when the calibration error drops:
+    on all-mpnet-base-v2's first three blocks it lowered every layer's calibration error yet took the held-out
+    embedding cosine from 0.992 to 0.826 (GPTQ's compensation, refitted, fits the calibration inputs, not the
+    inputs to come). Returns per-layer errors."""
     if weighting not in WEIGHTINGS:
         raise UserError(f"calibration weighting must be one of {', '.join(WEIGHTINGS)}, got '{weighting}'")
     if not batches:

@@ -51,5 +51,5 @@ def test_compiled_and_numpy_programs_agree_bit_for_bit(monkeypatch):
     x = np.sort(rng.standard_t(2, size=30_000))
     mu, w = K._bins(x, 2048)
     assert K._numba_program() is not None
-    for k in (64, 130, 256):
+    for k in (4, 17, 64, 130, 256):
         assert np.array_equal(K.optimal_weighted(mu, w, k), K._optimal_numpy(mu, w, k))

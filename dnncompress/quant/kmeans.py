@@ -57,10 +57,10 @@ def _bins(x: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
 def optimal_weighted(mu: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
     """Exact k-means of ascending weighted points (Wang & Song's dynamic program): D_j[i] = min_l
     D_{j−1}[l] + cost(l, i), whose best l is monotone in i, so each layer is a divide and conquer.
-    From k = 64 on it is compiled with numba when that is installed (the `fast` extra; 10× faster at
-    k = 256, where numpy spends its time in calls on small arrays), else run breadth-first in numpy;
-    both give the same answer bit for bit. DNNCOMPRESS_NO_NUMBA=1 forces numpy."""
-    compiled = _numba_program() if k >= 64 else None  # small k: numpy is quick, and numba's import costs a second
+    Compiled with numba when that is installed (the `fast` extra; 10× faster at k = 256, where numpy
+    spends its time in calls on small arrays; the import costs about a second once per process), else
+    run breadth-first in numpy; both give the same answer bit for bit. DNNCOMPRESS_NO_NUMBA=1 forces numpy."""
+    compiled = _numba_program()
     if compiled is not None and mu.size:
         mu, w = np.ascontiguousarray(mu, dtype=np.float64), np.ascontiguousarray(w, dtype=np.float64)
         return compiled(mu, w, int(min(k, mu.size)), float(np.average(mu, weights=w)))
