@@ -54,7 +54,7 @@ BROKEN = {
     "scheme-unknown": (T + "  - train: {}\n  - quantize: {scheme: fivevalue}\n", [], "unknown quantization scheme"),
     "codebook-bits": (T + "  - train: {}\n  - quantize: {scheme: codebook, bits: 9}\n", [], "takes 2–8 bits"),
     "fourval-bits": (T + "  - train: {}\n  - quantize: {scheme: fourval, bits: 4}\n", [], "takes 2 bits"),
-    "codebook-per-channel": (T + "  - train: {}\n  - quantize: {scheme: codebook, per_channel: true}\n", [], "per-channel"),
+    "codebook-per-channel-dynamic": (T + "  - train: {}\n  - quantize: {scheme: codebook, codebook: dynamic, per_channel: true}\n", [], "per-channel"),
     "quant-override-scalar": (T + "  - train: {}\n  - quantize: {scheme: codebook, overrides: {conv1: 8}}\n", [], "override"),
     "quant-override-key": (T + "  - train: {}\n  - quantize: {scheme: codebook, overrides: {conv1: {bitz: 8}}}\n", [], "bitz"),
     "quant-override-bits": (T + "  - train: {}\n  - quantize: {scheme: codebook, overrides: {conv1: {bits: 12}}}\n", [], "bits"),
