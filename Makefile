@@ -13,8 +13,8 @@ $(PY):
 
 # torch first from the plain index (an already installed torch >= 2.4 is kept), then the package.
 $(VENV)/.installed: $(PY) pyproject.toml
-	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q --no-cache-dir $(TORCH_PIN)
+	$(PY) -m pip install -q --no-cache-dir -e ".[dev]"
 	touch $@
 
 setup: $(VENV)/.installed
