@@ -110,3 +110,18 @@ def test_quantize_bad_input(in_tmp, tiny_ckpt, args, needle):
     assert r.exit_code == 2 and needle in r.output and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1
     assert not (in_tmp / "out.pt").exists()
+
+
+def test_dynamic_codebook_mean_gradient_ignores_pruned_weights():
+    """grad: mean divides each value's summed gradient by its kept weights only: with d(loss)/dw = 1 at every
+    kept weight, every used value's gradient is exactly 1, however many pruned weights sit next to it."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(40, 20)
+    dnncompress.prune_model(layer, sparsity=0.6)
+    dnncompress.quantize(layer, scheme="codebook", bits=2, mode="dynamic", grad="mean", zero=False)
+    q = compression_of(layer).quantizer
+    layer.train()
+    layer.weight.sum().backward()
+    mask = compression_of(layer).mask.bool()
+    used = torch.unique(q._last_codes[mask])
+    assert torch.allclose(q.levels.grad[0, used], torch.ones(len(used)))

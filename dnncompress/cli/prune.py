@@ -21,13 +21,33 @@ from .common import (
 )
 
 EXAMPLE = "dnncompress prune base.pt --sparsity auto --max-drop 0.5 --plot sens.png -o pruned.pt"
-FIELDS = ["scope", "max_drop", "plot"]
-HELP = {"max_drop": "auto: accuracy budget in points (before fine-tuning)", "plot": "auto: write the sensitivity curves as PNG"}
+FIELDS = ["scope", "max_drop", "plot", "structured", "flops", "importance"]
+HELP = {"max_drop": "auto: accuracy budget in points (before fine-tuning)", "plot": "auto: write the sensitivity curves as PNG",
+        "structured": "remove whole Conv filters (channel) or Linear neurons (neuron): the model shrinks",
+        "flops": "structured: the fraction of FLOPs to remove (instead of --sparsity's fraction of units)",
+        "importance": "structured: score units by L1 / L2 norm or taylor (gradient × weight on training batches)"}
+
+
+def print_structured(result: dict, out) -> None:
+    from rich.table import Table
+
+    auto = result.get("auto")
+    t = Table(title=f"prune --structured {result['structured']} → {out}: FLOPs {result['flops_before']:,} → {result['flops_after']:,} "
+                    f"(−{100 * result['flops_removed']:.1f} %), parameters {result['params_before']:,} → {result['params_after']:,}"
+                    + (f" (auto: measured drop {auto['measured_drop']:.2f} pt ≤ {auto['max_drop']} pt on validation)" if auto else ""))
+    for c in ("module", "now", "was"):
+        t.add_column(c, justify="left" if c == "module" else "right")
+    for r in result["layers"]:
+        was = result["removed"].get(r["layer"], {})
+        t.add_row(r["layer"], ", ".join(f"{k}={v}" for k, v in r["sizes"].items() if k in was), ", ".join(f"{k}={v}" for k, v in was.items()))
+    stdout_console().print(t)
 
 
 def print_prune(result: dict, out) -> None:
     from rich.table import Table
 
+    if result.get("structured"):
+        return print_structured(result, out)
     auto = result.get("auto")
     t = Table(title=f"prune → {out}" + (f" (auto: measured drop {auto['measured_drop']:.2f} pt ≤ {auto['max_drop']} pt before fine-tuning)" if auto else ""))
     for c in ("layer", "params", "kept", "sparsity"):
@@ -39,7 +59,8 @@ def print_prune(result: dict, out) -> None:
     stdout_console().print(t)
 
 
-@click.command("prune", help=help_text("Magnitude-prune Conv and Linear weights: a fixed sparsity, or 'auto' from a sensitivity scan.", EXAMPLE))
+@click.command("prune", help=help_text("Magnitude-prune Conv and Linear weights: a fixed sparsity, or 'auto' from a sensitivity scan; "
+                                       "--structured removes whole filters or neurons.", EXAMPLE))
 @click.argument("checkpoint", required=False)
 @click.option("--sparsity", default="0.9", show_default=True, help="fraction of weights to remove, in [0, 1), or 'auto'")
 @with_options(param_options(PruneParams, FIELDS, HELP))
@@ -71,3 +92,5 @@ def prune(checkpoint, sparsity, exclude, overrides, block, data, data_dir, devic
         out, _, result = run_stage("prune", params, path, ckpt, output, make_context(data, data_dir, device, progress=bar), json_out)
     if not json_out:
         print_prune(result, out)
+    if result.get("warning"):
+        click.echo(f"warning: {result['warning']}", err=True)

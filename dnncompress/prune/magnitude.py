@@ -94,11 +94,24 @@ def _prune_runs(scores: torch.Tensor, sizes: torch.Tensor, n_prune: int) -> torc
     return keep
 
 
-def magnitude_masks(layers: dict[str, nn.Module], targets: dict[str, float], scope: str = "layer", block=1) -> dict[str, torch.Tensor]:
-    """New masks reaching each layer's target sparsity (layer scope) or the mean target over all (global).
+def overridden(names, overrides: dict | None) -> set[str]:
+    """The layers some override pattern names: they keep their own sparsity under a global scope."""
+    return {n for n in names if any(fnmatch.fnmatchcase(n, p) for p in (overrides or {}))}
+
+
+def magnitude_masks(layers: dict[str, nn.Module], targets: dict[str, float], scope: str = "layer", block=1,
+                    pinned=()) -> dict[str, torch.Tensor]:
+    """New masks reaching each layer's target sparsity (layer scope) or the mean target over all (global);
+    `pinned` layers (those an override names) reach their own target under either scope.
     With `block` > 1 whole runs of that many contiguous weights of a row are kept or pruned together."""
     if scope not in ("layer", "global"):
         raise UserError(f"scope must be 'layer' or 'global', got '{scope}'")
+    pinned = set(pinned) & set(layers)
+    if scope == "global" and pinned:
+        own = magnitude_masks({n: layers[n] for n in pinned}, targets, "layer", block)
+        rest = {n: m for n, m in layers.items() if n not in pinned}
+        shared = magnitude_masks(rest, targets, "global", block) if rest else {}
+        return {n: (own[n] if n in own else shared[n]) for n in layers}
     mags = {name: effective_magnitude(m) for name, m in layers.items()}
     blocks = layer_blocks(mags, block)
     if any(b > 1 for b in blocks.values()):
@@ -143,10 +156,11 @@ def apply_masks(layers: dict[str, nn.Module], masks: dict[str, torch.Tensor]) ->
         attach(module, mask=mask.to(w.device))
 
 
-def prune(model: nn.Module, sparsity: float = 0.9, scope: str = "layer", include=("*",), exclude=(), overrides: dict | None = None,
+def prune(model: nn.Module, sparsity: float = 0.9, scope: str = "global", include=("*",), exclude=(), overrides: dict | None = None,
           block=1) -> list[dict]:
     """Magnitude-prune every Conv/Linear (any 2-D+ weight) of any nn.Module; returns per-layer counts.
-    `block` (an int, or {pattern: int}) prunes runs of that many contiguous weights of a row together."""
+    `block` (an int, or {pattern: int}) prunes runs of that many contiguous weights of a row together.
+    Global by default: one threshold over all layers spares the small, sensitive ones."""
     from ..surgery import compressible_layers
 
     check_sparsity(sparsity)
@@ -154,7 +168,7 @@ def prune(model: nn.Module, sparsity: float = 0.9, scope: str = "layer", include
     if not layers:
         raise UserError("no layer matched: prune needs modules with a 2-D+ weight (check include/exclude)")
     targets = layer_sparsities(layers, sparsity, overrides)
-    masks = magnitude_masks(layers, targets, scope, block)
+    masks = magnitude_masks(layers, targets, scope, block, pinned=overridden(layers, overrides))
     apply_masks(layers, masks)
     return mask_summary(masks)
 

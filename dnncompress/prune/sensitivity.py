@@ -11,33 +11,35 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError
-from .magnitude import effective_magnitude, keep_top
+from .magnitude import effective_magnitude, magnitude_masks
 
 GRID = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
 
 
 @torch.no_grad()
-def _with_sparsities(layers: dict[str, nn.Module], targets: dict[str, float], fn: Callable[[], float]) -> float:
-    """Evaluate `fn` with layers temporarily pruned to `targets` (shadow weights restored after)."""
+def _with_sparsities(layers: dict[str, nn.Module], targets: dict[str, float], fn: Callable[[], float], block=1) -> float:
+    """Evaluate `fn` with layers temporarily pruned to `targets` (shadow weights restored after), by the same
+    per-layer masks `magnitude_masks(..., "layer", block)` writes: what is measured is what gets written."""
     from ..surgery import shadow_weight, shadow_weights_replaced
 
+    chosen = {n: layers[n] for n in targets}
+    masks = magnitude_masks(chosen, targets, "layer", block)
     pruned = {}
-    for name, s in targets.items():
-        mag = effective_magnitude(layers[name])
+    for name, mask in masks.items():
         w = shadow_weight(layers[name])
-        pruned[layers[name]] = w * keep_top(mag, int(round(s * mag.numel()))).to(w.dtype)
+        pruned[layers[name]] = w * mask.to(w.dtype)
     with shadow_weights_replaced(pruned):
         return fn()
 
 
-def scan(layers: dict[str, nn.Module], accuracy: Callable[[], float], grid=GRID, progress=None) -> tuple[float, dict[str, list]]:
+def scan(layers: dict[str, nn.Module], accuracy: Callable[[], float], grid=GRID, progress=None, block=1) -> tuple[float, dict[str, list]]:
     """(baseline accuracy, {layer: [(sparsity, drop in points), ...]}) pruning one layer at a time."""
     base = accuracy()
     curves, done, total = {}, 0, len(layers) * len(grid)
     for name in layers:
         curve = []
         for s in grid:
-            acc = base if s == 0 else _with_sparsities(layers, {name: s}, accuracy)
+            acc = base if s == 0 else _with_sparsities(layers, {name: s}, accuracy, block)
             curve.append((s, base - acc))
             done += 1
             if progress:
@@ -72,11 +74,13 @@ def allocate(curves: dict[str, list], sizes: dict[str, int], budget: float) -> l
         steps.append((n, curves[n][level[n]][0]))
 
 
-def auto_sparsity(layers: dict[str, nn.Module], accuracy: Callable[[], float], max_drop: float, grid=GRID, progress=None) -> dict:
-    """Per-layer sparsities whose measured combined drop (before fine-tuning) stays within max_drop points."""
+def auto_sparsity(layers: dict[str, nn.Module], accuracy: Callable[[], float], max_drop: float, grid=GRID, progress=None,
+                  block=1) -> dict:
+    """Per-layer sparsities whose measured combined drop (before fine-tuning) stays within max_drop points.
+    The allocation is per layer by construction: write it with `magnitude_masks(layers, targets, "layer", block)`."""
     if max_drop < 0:
         raise UserError(f"max-drop must be ≥ 0 points, got {max_drop}")
-    base, curves = scan(layers, accuracy, grid, progress)
+    base, curves = scan(layers, accuracy, grid, progress, block)
     sizes = {n: effective_magnitude(m).numel() for n, m in layers.items()}
     steps = allocate(curves, sizes, max_drop)
     measured = None
@@ -84,7 +88,7 @@ def auto_sparsity(layers: dict[str, nn.Module], accuracy: Callable[[], float], m
         targets = {n: 0.0 for n in layers}
         for n, s in steps:
             targets[n] = s
-        measured = base - _with_sparsities(layers, targets, accuracy)
+        measured = base - _with_sparsities(layers, targets, accuracy, block)
         if measured <= max_drop or not steps:
             break
         steps.pop()  # back off the last greedy step and measure again

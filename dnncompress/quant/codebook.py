@@ -114,10 +114,15 @@ class Codebook(ScalarQuantizer):
         return order[0][torch.searchsorted(midpoints(ordered).contiguous(), rows)].reshape(w.shape)
 
     def _shape_grad(self, grad: torch.Tensor) -> torch.Tensor:
-        """Dynamic codebook gradient: keep the zero fixed; 'mean' divides by the assignment counts."""
+        """Dynamic codebook gradient: keep the zero fixed; 'mean' divides by the assignment counts of the
+        kept weights (a pruned weight gets no gradient, so counting it would shrink its value's step)."""
         grad = grad.clone()
         if self.options["grad"] == "mean" and self._last_codes is not None:
-            counts = torch.bincount(self._last_codes.flatten(), minlength=self.num_levels).to(grad)
+            codes = self._last_codes
+            mask = self._last_rows[1] if self._last_rows is not None else None
+            if mask is not None:
+                codes = codes[mask.to(torch.bool).expand_as(codes)]
+            counts = torch.bincount(codes.flatten(), minlength=self.num_levels).to(grad)
             grad = grad / counts.clamp_min(1).unsqueeze(0)
         if self.options["zero"]:
             grad[:, self._zero_index()] = 0
