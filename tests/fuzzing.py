@@ -138,24 +138,47 @@ def _signed(header: dict, body: bytes) -> bytes:
     try:
         meta["sha256"] = _header_digest(header, [body])
     except RecursionError:  # too deep to serialize canonically: the reader refuses it unsigned anyway
-        meta["sha256"] = "0" * 64
+        meta["sha256"] = "0" * 43
         header = {"__metadata__": meta, "deep": "[" * 100}
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     return struct.pack("<Q", len(text)) + text + body
 
 
+def _spec_of(header: dict, body: bytes) -> tuple[bytes, object]:
+    """(the blob bytes, the compact spec) of a version-4 file."""
+    from dnncompress.pack.container import inflate_spec
+
+    n = int(header["__metadata__"]["spec"])
+    return body[: len(body) - n], json.loads(inflate_spec(body[len(body) - n :]))
+
+
+def _with_spec(header: dict, blobs: bytes, spec_text: str) -> bytes:
+    """The body with a new compact spec (deflated as the writer does), the header's lengths updated."""
+    from dnncompress.pack.container import BLOB, deflate_text
+
+    raw = deflate_text(spec_text)
+    body = blobs + raw
+    header["__metadata__"]["spec"] = str(len(raw))
+    if isinstance(header.get(BLOB), dict):
+        header[BLOB]["shape"], header[BLOB]["data_offsets"] = [len(body)], [0, len(body)]
+    return body
+
+
 def forge_dnc(data: bytes, rng: random.Random) -> bytes:
     """A structural edit of the spec or of the tensor descriptors, with the digest recomputed."""
     header, body = _dnc_parts(data)
     target = rng.random()
-    if target < 0.6:  # the spec: layers, leftovers, arch, arch_kwargs, ...
-        spec = json.loads(header["__metadata__"]["spec"])
+    if target < 0.6:  # the spec: layers, leftovers, arch, arch_kwargs, ... (compact: references are counts)
+        blobs, spec = _spec_of(header, body)
         spec = mutate_structure(spec, rng)
         try:
-            header["__metadata__"]["spec"] = json.dumps(spec) if rng.random() < 0.97 else "[" * 2000
+            text = json.dumps(spec) if rng.random() < 0.97 else "[" * 2000
         except RecursionError:
-            header["__metadata__"]["spec"] = "[" * 5000 + "]" * 5000
+            text = "[" * 5000 + "]" * 5000
+        body = _with_spec(header, blobs, text)
+    elif target < 0.7:  # the spec's length: it points into the blobs or past the file
+        header["__metadata__"]["spec"] = rng.choice(["0", "1", "-3", str(len(body)), str(len(body) + 1), "x", "1e3"])
     elif target < 0.85:  # descriptors: dtype, shape, offsets
         names = [n for n in header if n != "__metadata__"]
         name = rng.choice(names)

@@ -114,13 +114,39 @@ def test_fourval_lenet5_is_at_most_6_5_percent_and_loads_to_the_same_outputs(tmp
 
 
 def test_official_safetensors_reads_it(tmp_path):
+    from dnncompress.pack.container import inflate_spec
+
     path = assert_roundtrip(linear_ckpt(100, "fourval", 0.5), tmp_path)
     with safe_open(str(path), framework="numpy") as f:
         meta = f.metadata()
-        assert meta["format"] == "dnncompress-packed" and len(meta["sha256"]) == 64
-        spec = json.loads(meta["spec"])
-        assert spec["layers"][0]["q"]["scheme"] == "fourval"
-        assert f.get_tensor("codes").dtype == np.uint32
+        assert meta["format"] == "dnncompress-packed" and meta["version"] == "4" and len(meta["sha256"]) == 43
+        blob = f.get_tensor("dnc")
+        assert blob.dtype == np.uint8 and list(f.keys()) == ["dnc"]
+    spec = json.loads(inflate_spec(blob[blob.size - int(meta["spec"]) :].tobytes()))  # the spec: the blob's tail
+    assert spec["layers"][0]["q"]["scheme"] == "fourval"
+
+
+def test_version_3_files_still_read(tmp_path):
+    """A version-3 file (one tensor per blob kind, the spec as JSON in the metadata, hex digest) loads the same weights."""
+    import struct
+
+    from dnncompress.pack.container import ST_NAMES, _header_digest, canonical_json, read_packed
+
+    path = assert_roundtrip(linear_ckpt(300, "codebook", 0.5, bits=3), tmp_path)
+    spec, blobs = read_packed(path)
+    header, offset, pieces = {}, 0, []
+    for name in sorted(blobs.arrays):
+        arr = np.ascontiguousarray(blobs.arrays[name])
+        header[name] = {"dtype": ST_NAMES[arr.dtype.newbyteorder("=")], "shape": [arr.size], "data_offsets": [offset, offset + arr.nbytes]}
+        pieces.append(arr.view(np.uint8))
+        offset += arr.nbytes
+    header["__metadata__"] = {"format": "dnncompress-packed", "version": "3", "spec": canonical_json(spec)}
+    header["__metadata__"]["sha256"] = _header_digest(header, pieces, b64=False)
+    text = canonical_json(header).encode()
+    text += b" " * (-len(text) % 8)
+    (tmp_path / "v3.dnc").write_bytes(struct.pack("<Q", len(text)) + text + b"".join(p.tobytes() for p in pieces))
+    a, b = checkpoint_from_packed(path), checkpoint_from_packed(tmp_path / "v3.dnc")
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
 
 
 def test_no_pickle_inside(tmp_path):
@@ -146,3 +172,39 @@ def test_load_packed_needs_model_when_no_arch(tmp_path):
         load_packed(tmp_path / "l.dnc")
     restored = load_packed(tmp_path / "l.dnc", model=torch.nn.Linear(6, 2))
     assert torch.equal(restored.weight, layer.eval().weight.detach())  # eval: no QAT re-fit on access
+
+
+@pytest.mark.parametrize("arch,scheme,sparsity", [("lenet5", "fourval", 0.0), ("lenet5", "codebook", 0.9), ("lenet300", "ternary", 0.95),
+                                                  ("resnet20", "fourval", 0.9), ("user", "asym-quaternary", 0.8)])
+def test_container_overhead_is_within_its_budget(tmp_path, arch, scheme, sparsity):
+    """Everything that is not a weight, bias or index byte (header, digest, deflated spec, alignment) costs at most
+    300 bytes + 40 per compressed layer (issue 12), also for a model the spec's dictionary never saw."""
+    import dnncompress
+    from dnncompress.report import report_packed
+    from dnncompress.surgery import masks_of, plain_state_dict, quant_state_of
+
+    torch.manual_seed(7)
+    if arch == "user":
+        model = torch.nn.Sequential(torch.nn.Conv1d(3, 24, 5), torch.nn.GELU(), torch.nn.Flatten(), torch.nn.Linear(24 * 60, 48),
+                                    torch.nn.LayerNorm(48), torch.nn.Linear(48, 7))
+    else:
+        model = build_model(arch)
+    if sparsity:
+        dnncompress.prune_model(model, sparsity)
+    dnncompress.quantize(model, scheme=scheme, **({"bits": 4} if scheme == "codebook" else {}))
+    ckpt = {"arch": None if arch == "user" else arch, "state_dict": plain_state_dict(model), "masks": masks_of(model),
+            "quant": quant_state_of(model), "metrics": {"accuracy": 98.76}}
+    for entropy in ("none", "huffman"):
+        save_packed(ckpt, tmp_path / "m.dnc", entropy=entropy)
+        rep = report_packed(tmp_path / "m.dnc")
+        layers = len(ckpt["quant"])
+        assert rep["container_bytes"] <= 300 + 40 * layers, (entropy, rep["container_bytes"], layers)
+
+
+def test_the_spec_dictionary_is_frozen():
+    """Every version-4 file's spec is deflated with it: a changed dictionary needs a new format version."""
+    import hashlib
+
+    from dnncompress.pack.spec_dict import SPEC_DICT, SPEC_DICT_SHA256
+
+    assert hashlib.sha256(SPEC_DICT).hexdigest() == SPEC_DICT_SHA256 == "cb04e395f57fd84e6e4ce61611cb04a1c87034e022bc2784769b231a9be678c5"

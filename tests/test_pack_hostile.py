@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from dnncompress.cli import main
 from dnncompress.errors import UserError
 from dnncompress.pack import checkpoint_from_packed, save_packed
-from dnncompress.pack.container import FORMAT, VERSION, serialize
+from dnncompress.pack.container import VERSION
 from tests.test_pack import linear_ckpt
 
 
@@ -22,16 +22,13 @@ def packed(tmp_path_factory):
 
 
 def _forge(path, spec_edit, out):
-    """Re-sign a modified spec so the digest matches: an attacker can always do this."""
-    data = path.read_bytes()
-    (hlen,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + hlen])
-    spec = json.loads(header["__metadata__"]["spec"])
-    spec_edit(spec)
-    from safetensors.numpy import load
+    """Re-sign a modified (compact) spec so the digest matches: an attacker can always do this."""
+    from tests.fuzzing import _dnc_parts, _signed, _spec_of, _with_spec
 
-    head, pieces = serialize(load(data), {"format": FORMAT, "version": str(VERSION), "spec": json.dumps(spec)})
-    out.write_bytes(head + b"".join(p.tobytes() for p in pieces))
+    header, body = _dnc_parts(path.read_bytes())
+    blobs, spec = _spec_of(header, body)
+    spec_edit(spec)
+    out.write_bytes(_signed(header, _with_spec(header, blobs, json.dumps(spec))))
     return out
 
 
@@ -51,12 +48,20 @@ def test_malicious_shape_is_refused_without_allocating(packed, tmp_path):
     with pytest.raises(UserError, match="parameters|shape"):
         checkpoint_from_packed(_forge(path, huge_model, tmp_path / "huge_model.dnc"))
 
-    def lying_offsets(spec):
-        table = next(iter(spec["layers"][0]["t"].values()))
-        table[1] = [10**12, 32]
+    def lying_counts(spec):  # the one count a version-4 spec writes: a Huffman payload's length
+        layer = spec["layers"][0]
+        frag = layer["c"] if "h" in layer["c"] else layer["x"]
+        frag["h"] = 10**12
 
-    with pytest.raises(UserError, match="outside"):
-        checkpoint_from_packed(_forge(path, lying_offsets, tmp_path / "offsets.dnc"))
+    with pytest.raises(UserError, match="does not fit"):
+        checkpoint_from_packed(_forge(path, lying_counts, tmp_path / "counts.dnc"))
+
+    def offsets_again(spec):  # a version-3 style [offset, count] where version 4 implies both
+        table = next(iter(spec["layers"][0]["t"].values()))
+        table.insert(1, [0, 32])
+
+    with pytest.raises(UserError, match="not a valid .dnc"):
+        checkpoint_from_packed(_forge(path, offsets_again, tmp_path / "offsets.dnc"))
 
 
 def test_wrong_version_and_wrong_format(packed, tmp_path):

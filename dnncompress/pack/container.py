@@ -1,20 +1,25 @@
-"""The .dnc file: a standard safetensors container (no pickle) with JSON metadata.
+"""The .dnc file: a standard safetensors container (no pickle) whose fixed cost is a few hundred bytes.
 
-metadata: format, version, spec (JSON: model spec, layers, leftovers), sha256. The
-digest covers every byte that decides a weight: the canonical JSON of the whole header
-(tensor names, dtypes, shapes, offsets, metadata; only the sha256 value left out) and then the
-data section. Tensors: one 1-D array per blob kind (see layers.Blobs), each of its kind's
-fixed dtype. The file is written by our own canonical writer (sorted keys, fixed layout), so
-the same checkpoint always gives the same bytes, and it stays a standard safetensors file.
-Reading parses the header by hand with bounds checks before trusting any size, verifies the
-digest, then decodes; every failure is a one-line UserError.
+Version 4 (written): one U8 tensor `dnc` holds every blob kind back to back (widest dtype first, so each
+is aligned), then the spec: compact JSON, raw-deflated with a frozen preset dictionary (spec_dict.py),
+its references stripped to counts (offsets follow from the order the layers are written in). The
+metadata holds format, version, the spec's compressed length and the digest: SHA-256 (base64) of the
+canonical JSON of the whole header (the sha256 value left out) and then the data section, so every byte
+of the file is covered. Version 3 (read): one tensor per blob kind, the spec as JSON in the metadata.
+The file is written by our own canonical writer (sorted keys, fixed layout), so the same checkpoint
+always gives the same bytes. Reading parses the header by hand with bounds checks before trusting any
+size, verifies the digest, then decodes; every failure is a one-line UserError.
 """
 from __future__ import annotations
 
+import base64
+import copy
 import hashlib
 import json
+import math
 import os
 import struct
+import zlib
 
 import numpy as np
 import torch
@@ -22,11 +27,14 @@ import torch
 from ..errors import UserError
 from ..fileio import require_file
 from ..surgery import tensor_identity, weight_key
-from .layers import NATURAL, Blobs, blob_to_tensor, decode_layer, encode_layer, tensor_to_blob
+from . import bitpack, huffman
+from .layers import ITEMSIZE, NATURAL, Blobs, blob_to_tensor, decode_layer, encode_layer, tensor_to_blob
+from .spec_dict import SPEC_DICT
 
 FORMAT = "dnncompress-packed"
-VERSION = 3
-READS = ("3",)
+VERSION = 4
+READS = ("3", "4")
+BLOB = "dnc"  # the one tensor of a version-4 file
 DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.bool,
                                                      torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)}
 MAX_HEADER = 64 << 20
@@ -38,17 +46,132 @@ def canonical_json(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
-def _header_digest(header: dict, data_pieces) -> str:
-    """SHA-256 of the canonical header (without the sha256 value itself), then the data pieces in order."""
+def _header_digest(header: dict, data_pieces, b64: bool = True) -> str:
+    """SHA-256 of the canonical header (without the sha256 value itself), then the data pieces in order:
+    base64 (version 4) or hex (version 3)."""
     meta = {k: v for k, v in header["__metadata__"].items() if k != "sha256"}
     h = hashlib.sha256(canonical_json({**header, "__metadata__": meta}).encode())
     for piece in data_pieces:
         h.update(piece)
-    return h.hexdigest()
+    return base64.b64encode(h.digest()).decode().rstrip("=") if b64 else h.hexdigest()
 
 
-def build_packed(ckpt: dict, entropy: str = "none", fp16: bool = False) -> tuple[dict[str, np.ndarray], dict[str, str], dict]:
-    """(tensors, metadata, spec) for a checkpoint; layer by layer, no whole-model copies."""
+def _int(v) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 1 << 40:
+        raise ValueError(f"bad count {str(v)[:20]}")
+    return v
+
+
+def _numel(shape) -> int:
+    if not isinstance(shape, list):
+        raise ValueError("bad shape")
+    return math.prod(_int(d) for d in shape)
+
+
+# Version 4 writes a reference as nothing at all where its count follows from the spec (a table's shape, a
+# code stream's length and width, a Huffman stream's alphabet and block count), and as its count otherwise
+# (a Huffman payload); offsets follow from the write order: each kind's references are back to back.
+def _fragment(frag: dict, n: int, bits: int, compact: bool, take) -> None:
+    """A code stream {"w": ref} (bit-packed) or {"h": [lengths, offsets, payload]} (Huffman) of n b-bit symbols."""
+    if "h" in frag:
+        if compact:
+            refs = frag["h"]
+            take("hlen", refs[0], 1 << bits), take("hoff", refs[1], -(-n // huffman.BLOCK))
+            frag["h"] = take("hdata", refs[2], None)
+        else:
+            frag["h"] = [take("hlen", None, 1 << bits), take("hoff", None, -(-n // huffman.BLOCK)), take("hdata", frag["h"], None)]
+    elif compact:
+        take("codes", frag.pop("w"), bitpack.words_needed(n, bits))
+    else:
+        frag["w"] = take("codes", None, bitpack.words_needed(n, bits))
+
+
+def _walk(spec: dict, compact: bool, take) -> None:
+    """Every reference, in the order encode_layer and the leftovers took them; `take(kind, written, implied)`
+    returns what replaces it."""
+    for layer in spec["layers"]:
+        if layer["k"] == "t":
+            continue
+        if "x" in layer:
+            _fragment(layer["x"], _int(layer["x"]["e"]), _int(layer["x"]["g"]), compact, take)
+        if layer["k"] == "q":
+            for key in sorted(layer["t"]):
+                entry = layer["t"][key]
+                if compact:
+                    take(entry[0], entry.pop(1), _numel(entry[1]))
+                else:
+                    entry.insert(1, take(entry[0], None, _numel(entry[1])))
+            _fragment(layer["c"], _int(layer["nc"]), _int(layer["cb"]), compact, take)
+        elif compact:
+            take(layer["v"][0], layer["v"].pop(1), layer["nk"] if "nk" in layer else _numel(layer["s"]))
+        else:
+            layer["v"].insert(1, take(layer["v"][0], None, _int(layer["nk"]) if "nk" in layer else _numel(layer["s"])))
+    for entry in spec["leftovers"]:
+        if entry[2] == "tie":
+            continue
+        if compact:
+            take(entry[2], entry.pop(3), _numel(entry[1]))
+        else:
+            entry.insert(3, take(entry[2], None, _numel(entry[1])))
+
+
+def compact_spec(spec: dict) -> dict:
+    """The spec as version 4 writes it: no offsets, and only the counts nothing else implies."""
+    out = copy.deepcopy(spec)
+    cursor: dict[str, int] = {}
+
+    def take(kind, ref, implied):
+        offset, count = ref
+        if offset != cursor.get(kind, 0) or (implied is not None and count != implied):
+            raise AssertionError(f"'{kind}' references are not in write order or miscount")  # encode_layer changed
+        cursor[kind] = offset + count
+        return count
+
+    _walk(out, True, take)
+    return out
+
+
+def expand_spec(spec: dict) -> tuple[dict, dict[str, int]]:
+    """(the spec with [offset, count] references again, the element count of each blob kind)."""
+    cursor: dict[str, int] = {}
+
+    def take(kind, written, implied):
+        if kind not in Blobs.DTYPES:
+            raise ValueError(f"bad reference into blob {str(kind)[:20]!r}")
+        count = _int(written if implied is None else implied)
+        ref = [cursor.get(kind, 0), count]
+        cursor[kind] = ref[0] + count
+        return ref
+
+    _walk(spec, False, take)
+    return spec, cursor
+
+
+def blob_order(kinds) -> list[str]:
+    """Widest dtype first, then by name: each kind's bytes start aligned to its item size."""
+    return sorted(kinds, key=lambda k: (-ITEMSIZE[k], k))
+
+
+def deflate_text(text: str) -> bytes:
+    """Raw deflate (level 9, 32 KB window) with the format's preset dictionary."""
+    c = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, SPEC_DICT)
+    return c.compress(text.encode()) + c.flush()
+
+
+def deflate_spec(spec: dict) -> bytes:
+    return deflate_text(canonical_json(compact_spec(spec)))
+
+
+def inflate_spec(raw: bytes, limit: int = MAX_HEADER) -> str:
+    d = zlib.decompressobj(-15, zdict=SPEC_DICT)
+    text = d.decompress(raw, limit)
+    if d.unconsumed_tail or not d.eof:
+        raise ValueError("the spec is truncated or larger than any model's")
+    return text.decode()
+
+
+def build_packed(ckpt: dict, entropy: str = "none", fp16: bool = False) -> tuple[list[np.ndarray], dict[str, str], dict]:
+    """(the `dnc` tensor's pieces as bytes, metadata, spec) for a checkpoint; layer by layer, no whole-model copies."""
     if entropy not in ("none", "huffman"):
         raise UserError(f"entropy coder must be 'none' or 'huffman', got '{entropy}'")
     blobs = Blobs()
@@ -85,9 +208,14 @@ def build_packed(ckpt: dict, entropy: str = "none", fp16: bool = False) -> tuple
     spec = {"arch": ckpt.get("arch"), "arch_kwargs": ckpt.get("arch_kwargs", {}), "dataset": ckpt.get("dataset", {}),
             "metrics": {k: v for k, v in (ckpt.get("metrics") or {}).items() if isinstance(v, (int, float, str))},
             "entropy": entropy, "fp16": fp16, "layers": layers, "leftovers": leftovers}
+    if ckpt.get("structure"):  # structured pruning's smaller sizes: the reader rebuilds the architecture shrunk
+        spec["structure"] = ckpt["structure"]
     arrays = blobs.finish()
-    metadata = {"format": FORMAT, "version": str(VERSION), "spec": canonical_json(spec)}
-    return arrays, metadata, spec
+    packed = deflate_spec(spec)
+    pieces = [arrays[k].astype(arrays[k].dtype.newbyteorder("<"), copy=False).reshape(-1).view(np.uint8) for k in blob_order(arrays)]
+    pieces.append(np.frombuffer(packed, dtype=np.uint8))
+    metadata = {"format": FORMAT, "version": str(VERSION), "spec": str(len(packed))}
+    return pieces, metadata, spec
 
 
 def _same(a, b) -> bool:
@@ -99,18 +227,11 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def serialize(arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> tuple[bytes, list[np.ndarray]]:
-    """(8-byte length + header, data pieces) of a canonical safetensors file: tensors in name order,
-    back to back; the header JSON has sorted keys and is space-padded to 8 bytes, as the format asks."""
-    header: dict = {}
-    offset, pieces = 0, []
-    for name in sorted(arrays):
-        arr = np.ascontiguousarray(arrays[name], dtype=arrays[name].dtype.newbyteorder("<"))
-        n = arr.nbytes
-        header[name] = {"dtype": ST_NAMES[arr.dtype.newbyteorder("=")], "shape": [int(arr.size)], "data_offsets": [offset, offset + n]}
-        pieces.append(arr.reshape(-1).view(np.uint8))
-        offset += n
-    header["__metadata__"] = dict(metadata)
+def serialize(pieces: list[np.ndarray], metadata: dict[str, str]) -> tuple[bytes, list[np.ndarray]]:
+    """(8-byte length + header, data pieces) of a canonical safetensors file holding one U8 tensor `dnc`
+    made of the pieces back to back; the header JSON has sorted keys and is space-padded to 8 bytes."""
+    n = sum(piece.nbytes for piece in pieces)
+    header: dict = {BLOB: {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}, "__metadata__": dict(metadata)}
     header["__metadata__"]["sha256"] = _header_digest(header, pieces)
     text = canonical_json(header).encode()
     text += b" " * (-len(text) % 8)
@@ -118,8 +239,8 @@ def serialize(arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> tuple[
 
 
 def write_packed(ckpt: dict, path: str | os.PathLike, entropy: str = "none", fp16: bool = False) -> dict:
-    arrays, metadata, spec = build_packed(ckpt, entropy, fp16)
-    head, pieces = serialize(arrays, metadata)
+    pieces, metadata, spec = build_packed(ckpt, entropy, fp16)
+    head, pieces = serialize(pieces, metadata)
     with open(path, "wb") as f:
         f.write(head)
         for piece in pieces:
@@ -169,35 +290,72 @@ def read_packed(path: str | os.PathLike) -> tuple[dict, Blobs]:
         raise UserError(f"{p} is .dnc version {str(version)[:20]}, this dnncompress reads versions {', '.join(READS)}; upgrade dnncompress")
     if not all(isinstance(v, str) for v in meta.values()):
         raise invalid_file(p, "metadata values must be strings")
-    arrays, spans = {}, []
+    descriptors = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
         try:
-            dtype = ST_DTYPES[info["dtype"]]
             shape = [int(d) for d in info["shape"]]
             start, end = (int(v) for v in info["data_offsets"])
-        except (KeyError, TypeError, ValueError, OverflowError):
+            descriptors[name] = (info["dtype"], shape[0] if len(shape) == 1 else -1, start, end)
+        except (KeyError, TypeError, ValueError, OverflowError, IndexError):
             raise invalid_file(p, f"tensor '{name}' has a bad descriptor") from None
-        want = Blobs.DTYPES.get(name)
-        if want is None or np.dtype(want) != np.dtype(dtype):
-            raise invalid_file(p, f"tensor '{name}' is {info['dtype']}, not the dtype of any blob of that name")
-        count = shape[0] if len(shape) == 1 else -1
-        if count < 0 or not 0 <= start <= end <= len(data) or end - start != count * np.dtype(dtype).itemsize:
-            raise invalid_file(p, f"tensor '{name}' does not fit the file (truncated?)")
-        spans.append((start, end))
-        arrays[name] = np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<"), count=count, offset=start)
-    spans.sort()
+    spans = sorted((start, end) for _, _, start, end in descriptors.values())
     if any(a[1] != b[0] for a, b in zip(spans, spans[1:])) or (spans[0][0] if spans else 0) != 0 or (spans[-1][1] if spans else 0) != len(data):
         raise invalid_file(p, "tensor data overlaps, leaves gaps or has trailing bytes")
-    spec_json = meta.get("spec", "")
-    digest = _header_digest(header, [data])
-    if digest != meta.get("sha256"):
+    if _header_digest(header, [data], b64=version != "3") != meta.get("sha256"):
         raise invalid_file(p, "SHA-256 mismatch (corrupted or modified)")
-    spec = _json_loads(spec_json, p, "spec")
+    spec, arrays = (_read_v3 if version == "3" else _read_v4)(p, meta, descriptors, data)
     if not isinstance(spec, dict) or not isinstance(spec.get("layers"), list) or not isinstance(spec.get("leftovers"), list):
         raise invalid_file(p, "spec lacks layers")
     return spec, Blobs(arrays)
+
+
+def _read_v3(p, meta: dict, descriptors: dict, data: bytes) -> tuple[dict, dict]:
+    """One tensor per blob kind, the spec as JSON text in the metadata."""
+    arrays = {}
+    for name, (st_dtype, count, start, end) in descriptors.items():
+        want = Blobs.DTYPES.get(name)
+        dtype = ST_DTYPES.get(st_dtype)
+        if want is None or dtype is None or np.dtype(want) != np.dtype(dtype):
+            raise invalid_file(p, f"tensor '{name}' is {str(st_dtype)[:10]}, not the dtype of any blob of that name")
+        if count < 0 or end - start != count * np.dtype(dtype).itemsize:
+            raise invalid_file(p, f"tensor '{name}' does not fit the file (truncated?)")
+        arrays[name] = np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<"), count=count, offset=start)
+    return _json_loads(meta.get("spec", ""), p, "spec"), arrays
+
+
+def _read_v4(p, meta: dict, descriptors: dict, data: bytes) -> tuple[dict, dict]:
+    """One U8 tensor: the blob kinds back to back, then the deflated compact spec."""
+    if set(descriptors) != {BLOB} or descriptors[BLOB][0] != "U8" or descriptors[BLOB][1] != len(data):
+        raise invalid_file(p, f"a version-4 file holds exactly one U8 tensor '{BLOB}' spanning its data")
+    try:
+        spec_len = int(meta.get("spec", ""))
+    except ValueError:
+        raise invalid_file(p, "the spec length is not a number") from None
+    if not 0 < spec_len <= len(data):
+        raise invalid_file(p, "the spec length exceeds the file")
+    try:
+        text = inflate_spec(data[len(data) - spec_len :])
+    except (zlib.error, ValueError, UnicodeDecodeError) as e:
+        raise invalid_file(p, f"the spec does not inflate ({str(e)[:80]})") from None
+    spec = _json_loads(text, p, "spec")
+    if not isinstance(spec, dict) or not isinstance(spec.get("layers"), list) or not isinstance(spec.get("leftovers"), list):
+        raise invalid_file(p, "spec lacks layers")
+    try:
+        spec, counts = expand_spec(spec)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise invalid_file(p, f"a reference is malformed ({type(e).__name__})") from None
+    arrays, offset = {}, 0
+    for kind in blob_order(counts):
+        n = counts[kind] * ITEMSIZE[kind]
+        if offset + n > len(data) - spec_len:
+            raise invalid_file(p, f"blob '{kind}' does not fit the file (truncated?)")
+        arrays[kind] = np.frombuffer(data, dtype=np.dtype(Blobs.DTYPES[kind]).newbyteorder("<"), count=counts[kind], offset=offset)
+        offset += n
+    if offset != len(data) - spec_len:
+        raise invalid_file(p, "the blobs leave gaps or trailing bytes before the spec")
+    return spec, arrays
 
 
 def _dtype(name, default: torch.dtype) -> torch.dtype:

@@ -1,0 +1,35 @@
+"""The preset dictionary version-4 specs are deflated with (32,120 bytes, zlib + base64 here), made by
+tools/make_spec_dict.py and frozen with the format: changing it makes every version-4 file unreadable."""
+import base64
+import zlib
+
+SPEC_DICT = zlib.decompress(base64.b64decode(
+    "eNrtnfuSojoQxt8lf3Ms0kRQX2XKsiLipQbRAZw9c7bm3U/CxREkSTOOW8qmdqs2iyGT/n3NxfQHQ+bOC4n5R5TCyB0tExj9inab"
+    "bU6cFw/mDlkfPSBXfZY7nul7pKck2SWbxT7iCa7nO0/1HZPTfrHkebiNskWe8vA1WokdRPedzy57U9GbGsIo++jCKHtgwmj21IRR"
+    "duwTBiDCAGMYgA4DsGHg1QCEGmBUA9BqAFYN6KUGINQAoxqAVgOwakAPNbziSLpQw2dXI9Z9qjA0PVphIHqWYWg69gkDEGGAMQxA"
+    "hwHYMPBqUIQa1KgGRatBsWrQXmpQhBrUqAZFq0GxatBeagBCDTCqAWg1AKsG9FIDEGqAUQ1AqwFYNZBnqnVYT4y651FEYx/l6S7M"
+    "yOw34WF4Ert+kNl0OqJln0VjIzgkPmSisztyvc9PsUsabsmMpFGWRDm4xCm2LF5/8XQjx/x0yIrnPIty+QNkc7HapWSWnOJYzC05"
+    "nvJFtuXHiMxeqAMT8VfMKeF7sYHsk10mWBMZWxjzLIvEkNR1yOGY7w5JNf47jxfZMd7lclZUbIiSPD0cxYTJ9rRe7yViEQr1yWzN"
+    "4yxySnBi75ffJCzHCJdkJmJ7Ffu8yR8o/g0PyTuVbdEFJlPReK0abzKU5S7Pin2+5kI2KV+JPbPTnsjY5IzIq9RYUCf7w0rGlOU8"
+    "34Xi/2m03uWL6D1KxUxFTP9F6aGaoZjQMUoX4ZYnSRSfp13sIYZIDkkkBsiE1gWmUIy8PBxeidhPRkV9x5N/BMiCeix+SCw/KEUX"
+    "CeCw+Vx0/ld+KkZgnhB7I9AKNGK8DT9m5PPT0dFZhxUaz/NLNEXj4dG4TnEM4bj4zL3kIuLa8+MXGSIyn06gG1CRY1RcuC7zKBiz"
+    "ElbReII8KlMJDYy6k5IYdGVSwSuYInhBzUsKUPCSjSHyCiYmXkzLizbzy4OKl2wMkZfvq3khQJ0Ty69O6EVjkAci/SYoaGYUq0Gx"
+    "gYIK2E2gzhkVVNfBojFAUNT19Kcqz3c1vKB1KaRMZqgEVrYenZg4ofYkBjQwEvMQxOoMo2OojsWy9QTE5N9exLxpQUxw28qbpKma"
+    "3FhLrnlZpGPfr8n5/t9Azg+U5JiHIHfOORaM66NUtgZIrr4Fq8gxT51zgZYctHKOBXXOydYgc85t5Jya3GSMIPd1nptOanKyNURy"
+    "gX9JLlCe5wJPl3Ne65rqUaiO1rL16OR81pcc89zxBTk69pgKHYMJAt056SaeVyVd0XoCdJJenxu4qVue6PwSnUeVWccYaNG1rq5T"
+    "t/qWXraGhw68cVCgG1fofFCjCxDozlk3pVCjozBMdNU39jM6TdZRLbrW9XVSr8mWrUFmXRPdmH33gIX2uY6dz3VsoOc61jjXgdtA"
+    "JwaKo3V+eC/LAC+kUaGi/mWV5aIwdf1Bq5Cj7lDWb64/x1WfaLvA3Byo0adzro0e2kl39uyafaNjnzAAEQYYwwB0GIANA9BhUIQa"
+    "1KgGRatBsWrQXmpQhBrUqAZFq0GxatBeagBCDTCqAWg1AKsG9FIDEGqAUQ1AqwFYNaCXMclFGJNcozHJRRuTXKwxye1lTLKmPWva"
+    "s6Y9a9qzpj1r2rOmPWvas6a9P2Xaq5YDEI49pnbssZYBhv2RhY08Pf2sT0/cj8/lCDyOLrf7Dp3P2y4FpnDo+S3v1EOiMPjyFBxc"
+    "BIdOIx54LnuG/DBaDm5IkE7HnQWjsNZZMAornQWjsM5ZMAqrnAWj8MQx3508PBiMEa4bjNyzH5g6Y6ZA/WcAY3Qz3A6meVWyYBTG"
+    "NQtG4UuzYBS2MwtG4Sqjk2f4Mo3xknWTEXv2JFOnjOdPfPYMZIz2idvJNK9LlozK8mXJqBxdlozKsPW3kLG2LGvLsrYsa8uytixr"
+    "y7K2LGvLsrYsa8uytixry7K2LGvLsrasgbxLjeleTWR4UmzNixjSQ87zqF6fOC9IrA+nVASgslfx+LjlzdWI6+UYQJqo7jfrSyfU"
+    "d6aM8zvdk3qzPHxzDPDUMdAB6EAHoAMMQAd4eh2Mjpe7xXBlW7k5BmXh+J4xNGucN8Rg8JE8UQzPrQMMQAd4eh3Mnoe7BXFlXLg5"
+    "CHXZ8J5BNGt/+iDkSxmmVPu+QLOj4FGC6fG+lycNAoagBDy6Erb6bavftvptq9+2+m2r37b6bavftvptq9+2+m2r37b6bavfg69+"
+    "X/+GJfkVfn9RP9b3KCJovx71skNZyRVb9J3EV/Yokmb6jvr29YxyvoyLb/xHVT1crnQ1vPor+X/5uYTSmFLXr5cqeMufVa8dhEVB"
+    "freqbPWKdQOx6V3ToZx89dRAmTkkjXiW7TZJ/WRAS+mWO6H69Lw1jsqN5zewml63WqvfHXq1kOOU9HQjlaF0luwv8q37/TKk53tp"
+    "j2/1ko7SGFEtoehyrMrU5pRba6OthyQqHOqDTO3iuPZhGJwbxWtzy7Q0mEdEVoy+DszrlxLfaz3tJl+M5rf8NN4gfL2qWGVV18Mt"
+    "9UHydU7v/XjO6kOgvn4+R8ew+XROhVAFrb8Y6pF+7Imheii5143viP7J901/HzrPPvb/5FGacCHe7eSL4d5OXDMiSU/FFSj/lZCe"
+    "o7dGHRWXjfYCdeu2obFi3r756Fh2/6HH1Iq7DM2NyddNzP/remYW"
+))
+SPEC_DICT_SHA256 = "cb04e395f57fd84e6e4ce61611cb04a1c87034e022bc2784769b231a9be678c5"
