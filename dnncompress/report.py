@@ -99,6 +99,10 @@ def report_packed(dnc_path: str | os.PathLike, fp32_bytes: int | None = None, ar
         r["bytes"] = r["codes"] + r["index"] + r["tables"] + r["fp"]
         r["share"] = r["bytes"] / file_bytes
         r["bits_per_weight"] = 8 * r["bytes"] / max(r["params"], 1)
+    if fp32_bytes is None and spec.get("structure") and spec.get("arch"):  # against the model before structured pruning
+        from .validate import expected_state
+
+        fp32_bytes = fp32_file_bytes(expected_state(spec["arch"], spec.get("arch_kwargs") or {}, dnc_path))
     if fp32_bytes is None:
         if expected is None:  # no architecture recorded: the shapes the spec declares (all bounded by the file)
             expected = {weight_key(layer["n"]): torch.empty(layer["s"], device="meta") for layer in spec["layers"]}

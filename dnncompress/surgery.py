@@ -163,7 +163,7 @@ def quant_state_of(model: nn.Module) -> dict[str, dict]:
 
 def model_from_checkpoint(ckpt: dict, with_compression: bool = True) -> nn.Module:
     """Build the checkpoint's model with its fp32 weights, masks and quantizers in place."""
-    model = build_model(ckpt["arch"], ckpt.get("arch_kwargs"))
+    model = build_model(ckpt["arch"], ckpt.get("arch_kwargs"), ckpt.get("structure"))
     model.load_state_dict(ckpt["state_dict"])
     if with_compression:
         modules = dict(model.named_modules())
@@ -183,6 +183,8 @@ def update_checkpoint(ckpt: dict, model: nn.Module) -> dict:
     ckpt["state_dict"] = plain_state_dict(model)
     ckpt["masks"] = masks_of(model)
     ckpt["quant"] = quant_state_of(model)
+    if getattr(model, "_dnncompress_structure", None):  # structured pruning shrank it: the sizes to rebuild it with
+        ckpt["structure"] = model._dnncompress_structure
     return ckpt
 
 

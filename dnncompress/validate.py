@@ -18,12 +18,16 @@ from .surgery import weight_key
 MAX_PARAMS = 1 << 31
 
 
-def expected_state(arch: str, arch_kwargs: dict, source) -> dict[str, torch.Tensor]:
-    """The architecture's state_dict as meta tensors (shapes and dtypes, no memory)."""
+def expected_state(arch: str, arch_kwargs: dict, source, structure: dict | None = None) -> dict[str, torch.Tensor]:
+    """The architecture's state_dict as meta tensors (shapes and dtypes, no memory), shrunk to `structure`."""
     try:
         with warnings.catch_warnings(), torch.device("meta"):
             warnings.simplefilter("ignore")  # odd but legal kwargs (zero-size layers) must not print from a library
             model = build_model(arch, arch_kwargs)
+        if structure:
+            from .prune.structured import apply_structure
+
+            apply_structure(model, structure, source)
     except UserError:
         raise
     except Exception as e:  # a factory given bad kwargs may fail in any way
@@ -119,7 +123,9 @@ def check_checkpoint(ckpt: dict, source, named: str | None = None, trust: bool =
         if not isinstance(ckpt.get(key), kind):
             raise UserError(f"{source}: '{key}' must be a {kind.__name__}; the checkpoint is damaged")
     check_arch_from_file(ckpt.get("arch"), ckpt["arch_kwargs"], source, named, trust)
-    expected = expected_state(ckpt["arch"], ckpt["arch_kwargs"], source)
+    if not isinstance(ckpt.get("structure", {}), dict):
+        raise UserError(f"{source}: 'structure' must be a dict; the checkpoint is damaged")
+    expected = expected_state(ckpt["arch"], ckpt["arch_kwargs"], source, ckpt.get("structure"))
     check_state(ckpt.get("state_dict"), expected, ckpt["arch"], source)
     check_masks(ckpt["masks"], expected, source)
     check_quant(ckpt["quant"], expected, source)

@@ -19,8 +19,9 @@ from .common import (
 )
 
 EXAMPLE = "dnncompress joint base.pt --target-ratio 60 -o joint.pt"
-FIELDS = ["target_ratio", "target_bytes", "prune_epochs", "qat_epochs", "lr", "codebook", "entropy", "seed"]
-HELP = {"target_ratio": "fp32 safetensors bytes / packed bytes", "target_bytes": "a packed size in bytes instead of a ratio",
+FIELDS = ["target_ratio", "target_bytes", "prune_epochs", "qat_epochs", "lr", "codebook", "entropy", "seed", "retries"]
+HELP = {"retries": "when the packed file misses the target: tighten by the excess and train again, this many times",
+        "target_ratio": "fp32 safetensors bytes / packed bytes", "target_bytes": "a packed size in bytes instead of a ratio",
         "codebook": "codebook QAT mode", "entropy": "how the result will be packed (for its measured size)"}
 
 

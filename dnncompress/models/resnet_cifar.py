@@ -34,6 +34,10 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
+    # structured pruning leaves the residual stream whole: option-A shortcuts zero-pad channels by position,
+    # which no dependency graph can follow; each block's inner channels (conv1 → conv2) are free to go
+    structured_keep = ("conv1", "layer*.conv2")
+
     def __init__(self, depth: int, num_classes: int = 10, in_channels: int = 3):
         super().__init__()
         if (depth - 2) % 6:

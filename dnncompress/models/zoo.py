@@ -103,8 +103,9 @@ def check_arch_from_file(arch, arch_kwargs, source, named: str | None = None, tr
         ARCHS.get(arch)  # raises the did-you-mean error
 
 
-def build_model(arch: str, arch_kwargs: dict | None = None) -> nn.Module:
-    """Build `arch` with the kwargs it accepts; a zoo name, `torchvision:NAME` or `module:factory`."""
+def build_model(arch: str, arch_kwargs: dict | None = None, structure: dict | None = None) -> nn.Module:
+    """Build `arch` with the kwargs it accepts; a zoo name, `torchvision:NAME` or `module:factory`;
+    `structure` (what structured pruning recorded) shrinks its modules to the pruned sizes."""
     factory = _resolve(arch)
     try:
         model = factory(**_accepted_kwargs(factory, arch_kwargs or {}))
@@ -112,6 +113,10 @@ def build_model(arch: str, arch_kwargs: dict | None = None) -> nn.Module:
         raise UserError(f"cannot build '{arch}' with {arch_kwargs}: {e}") from None
     if not isinstance(model, nn.Module):
         raise UserError(f"architecture '{arch}' returned {type(model).__name__}, not a torch.nn.Module")
+    if structure:
+        from ..prune.structured import apply_structure
+
+        apply_structure(model, structure)
     return model
 
 

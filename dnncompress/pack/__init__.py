@@ -39,12 +39,16 @@ def vet_packed(path: str | os.PathLike, arch: str | None = None, trust: bool = F
     if model is not None:
         from ..surgery import plain_state_dict
 
+        if spec.get("structure"):  # the user's full-size module, shrunk to what was packed
+            from ..prune.structured import apply_structure
+
+            apply_structure(model, spec["structure"], path)
         expected = plain_state_dict(model, clone=False)  # shapes and dtypes only: no copies
     elif spec["arch"]:
         from ..validate import check_arch_from_file, expected_state
 
         check_arch_from_file(spec["arch"], arch_kwargs, path, named=arch, trust=trust)
-        expected = expected_state(spec["arch"], arch_kwargs, path)
+        expected = expected_state(spec["arch"], arch_kwargs, path, _spec_field(spec, "structure", dict, path, {}))
     check_spec(spec, expected, path)
     return spec, blobs, expected
 
@@ -139,7 +143,7 @@ def checkpoint_from_packed(path: str | os.PathLike, arch: str | None = None, tru
         check_masks(masks, expected, path)
         check_quant(quant, expected, path)
     return {"format": CK_FORMAT, "version": CK_VERSION, "arch": spec["arch"], "arch_kwargs": spec.get("arch_kwargs") or {},
-            "dataset": spec["dataset"], "state_dict": state, "masks": masks, "quant": quant,
+            "dataset": spec["dataset"], **({"structure": spec["structure"]} if spec.get("structure") else {}), "state_dict": state, "masks": masks, "quant": quant,
             "metrics": spec["metrics"], "history": [{"stage": "unpack", "config": {"source": str(path)}, "result": {}}]}
 
 
@@ -155,12 +159,12 @@ def load_packed(path: str | os.PathLike, model: nn.Module | None = None, trust: 
     from ..models import build_model
 
     with torch.device("meta"):  # no memory for weights that are about to be replaced
-        model = build_model(ckpt["arch"], ckpt["arch_kwargs"])
+        model = build_model(ckpt["arch"], ckpt["arch_kwargs"], ckpt.get("structure"))
     ties = _tie_groups(model)
     model.load_state_dict(ckpt["state_dict"], assign=True)  # adopt the decoded tensors: no second copy
     _retie(model, ties)
     if any(t.is_meta for t in (*model.parameters(), *model.buffers())):  # a non-persistent buffer: build for real
-        model = build_model(ckpt["arch"], ckpt["arch_kwargs"])
+        model = build_model(ckpt["arch"], ckpt["arch_kwargs"], ckpt.get("structure"))
         model.load_state_dict(ckpt["state_dict"])
     return model.eval()
 

@@ -75,6 +75,11 @@ def choose(table: dict[str, list], budget_bytes: float) -> tuple[dict[str, tuple
     return choice, size
 
 
+def container_budget(layers: int) -> int:
+    """The .dnc's fixed cost beyond weights, biases and index (header, digest, deflated spec): its tested budget."""
+    return 300 + 40 * layers
+
+
 def estimated_total(choice: dict[str, tuple], leftover_bytes: int, overhead: int = 2048) -> int:
     return int(sum(r[3] for r in choice.values()) + leftover_bytes + overhead)
 
@@ -89,4 +94,4 @@ def as_rows(choice: dict[str, tuple], sizes: dict[str, int]) -> list[dict]:
             for n, r in choice.items()]
 
 
-__all__ = ["BITS", "SPARSITIES", "as_rows", "choose", "estimated_total", "layer_bytes", "leftover_bytes", "scan"]
+__all__ = ["BITS", "SPARSITIES", "as_rows", "choose", "container_budget", "estimated_total", "layer_bytes", "leftover_bytes", "scan"]

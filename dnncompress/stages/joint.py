@@ -30,12 +30,14 @@ class JointParams:
     include: list = field(default_factory=lambda: ["*"])
     exclude: list = field(default_factory=list)
     seed: int = 0
+    retries: int = 2  # when the packed file misses the target: tighten the budget by the excess and train again
 
     def __post_init__(self):
         if self.target_bytes is None and (self.target_ratio is None or not math.isfinite(self.target_ratio) or self.target_ratio <= 1):
             raise UserError(f"joint needs target_ratio > 1 or target_bytes, got target_ratio {self.target_ratio}")
         finite(self.lr, "lr", 0.0, low_open=True)
         whole(self.seed, "seed", 0, (1 << 63) - 1)
+        whole(self.retries, "retries", 0, 10)
         if self.target_bytes is not None and self.target_bytes <= 0:
             raise UserError("target_bytes must be > 0")
         if not self.bits or any(not isinstance(b, int) or not 2 <= b <= 8 for b in self.bits):
@@ -63,25 +65,39 @@ def joint_stage(ckpt, p: JointParams, ctx: Context) -> StageOutput:
     target = p.target_bytes or fp32_bytes / p.target_ratio
     scanned = ctx.memo("scan", lambda: joint.scan(layers, lambda: evaluate(model, val, device=ctx.device)["accuracy"],
                                                   p.sparsities, p.bits, ctx.progress))
-    choice, _ = joint.choose(scanned["table"], target - leftovers - 2048)
     sizes = {n: m.weight.numel() for n, m in layers.items()}
-    rows = joint.as_rows(choice, sizes)
-    ctx.log(f"joint: target {target:,.0f} bytes; chosen " + ", ".join(f"{r['layer']} s={r['sparsity']:.2f} b={r['bits']}" for r in rows))
+    overhead = joint.container_budget(len(layers))
+    budget, attempts = target - leftovers - overhead, []
+    for attempt in range(1 + p.retries):  # the target is kept on the real file: pack, check, tighten, repeat
+        choice, _ = joint.choose(scanned["table"], budget)
+        rows = joint.as_rows(choice, sizes)
+        ctx.log(f"joint: target {target:,.0f} bytes; chosen " + ", ".join(f"{r['layer']} s={r['sparsity']:.2f} b={r['bits']}" for r in rows))
+        tag = "" if attempt == 0 else f"-{attempt}"
+        agp = AGPParams(final=0.0, overrides={n: r["sparsity"] for n, r in zip(choice, rows)}, end=0.6, every=10,
+                        include=list(layers), exclude=[])
+        ft = FinetuneParams(epochs=p.prune_epochs, lr=p.lr, agp=agp, seed=p.seed)
+        pruned, pr = ctx.memo("prune" + tag, lambda ft=ft: finetune_model(ckpt, ft, ctx, phase="prune"))
+        qmodel = model_from_checkpoint(pruned)
+        from ..quantize_model import quantize
 
-    agp = AGPParams(final=0.0, overrides={n: r["sparsity"] for n, r in zip(choice, rows)}, end=0.6, every=10,
-                    include=list(layers), exclude=[])
-    ft = FinetuneParams(epochs=p.prune_epochs, lr=p.lr, agp=agp, seed=p.seed)
-    pruned, pr = ctx.memo("prune", lambda: finetune_model(ckpt, ft, ctx, phase="prune"))
-    qmodel = model_from_checkpoint(pruned)
-    from ..quantize_model import quantize
-
-    quantize(qmodel, "codebook", list(layers), [], {n: {"bits": r["bits"]} for n, r in zip(choice, rows)}, mode=p.codebook)
-    quantized = update_checkpoint(derive(pruned), qmodel)
-    out, qr = finetune_model(quantized, dataclasses.replace(ft, epochs=p.qat_epochs, agp=None), ctx, phase="qat")
-    rep = report_checkpoint(out, p.entropy)
+        quantize(qmodel, "codebook", list(layers), [], {n: {"bits": r["bits"]} for n, r in zip(choice, rows)}, mode=p.codebook)
+        quantized = update_checkpoint(derive(pruned), qmodel)
+        out, qr = finetune_model(quantized, dataclasses.replace(ft, epochs=p.qat_epochs, agp=None), ctx, phase="qat")
+        rep = report_checkpoint(out, p.entropy)
+        attempts.append({"budget_bytes": int(budget), "estimated_bytes": joint.estimated_total(choice, leftovers, overhead),
+                         "packed_bytes": rep["packed_bytes"]})
+        if rep["packed_bytes"] <= target:
+            break
+        budget -= (rep["packed_bytes"] - target) * 1.05 + 16
+    met = rep["packed_bytes"] <= target
+    if not met:
+        ctx.log(f"joint: MISSED the target: the packed file is {rep['packed_bytes']:,} bytes, the target {target:,.0f} "
+                f"(after {len(attempts)} tries); lower --target-ratio, or allow smaller bits and higher sparsities")
     base_acc = base_test
-    result = {"chosen_on": f"validation ({len(val)} samples)", "layers": rows, "target_bytes": int(target), "estimated_bytes": joint.estimated_total(choice, leftovers),
-              "packed_bytes": rep["packed_bytes"], "fp32_bytes": rep["fp32_bytes"], "ratio": rep["ratio"],
+    result = {"chosen_on": f"validation ({len(val)} samples)", "layers": rows, "target_bytes": int(target),
+              "estimated_bytes": attempts[-1]["estimated_bytes"], "packed_bytes": rep["packed_bytes"], "fp32_bytes": rep["fp32_bytes"],
+              "ratio": rep["ratio"], "target_met": met, "attempts": attempts,
+              **({} if met else {"status": f"MISSED: packed {rep['packed_bytes']:,} bytes > target {int(target):,}"}),
               "baseline_accuracy": base_acc, "scan_baseline_validation": scanned["baseline"],
               "accuracy_after_prune": pr["accuracy"], "accuracy": qr["accuracy"],
               "accuracy_drop": base_acc - qr["accuracy"], "entropy": p.entropy}
