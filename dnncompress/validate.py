@@ -25,7 +25,7 @@ def expected_state(arch: str, arch_kwargs: dict, source, structure: dict | None 
             warnings.simplefilter("ignore")  # odd but legal kwargs (zero-size layers) must not print from a library
             model = build_model(arch, arch_kwargs)
         if structure:
-            from .prune.structured import apply_structure
+            from .models.structure import apply_structure
 
             apply_structure(model, structure, source)
     except UserError:

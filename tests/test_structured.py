@@ -11,8 +11,9 @@ from dnncompress.checkpoint import load_checkpoint
 from dnncompress.cli import main
 from dnncompress.errors import UserError
 from dnncompress.models import build_model
+from dnncompress.models.structure import apply_structure
 from dnncompress.pack import load_packed, save_packed
-from dnncompress.prune.structured import apply_structure, structured_prune
+from dnncompress.prune.structured import structured_prune
 
 
 def mlp():

@@ -114,7 +114,7 @@ def build_model(arch: str, arch_kwargs: dict | None = None, structure: dict | No
     if not isinstance(model, nn.Module):
         raise UserError(f"architecture '{arch}' returned {type(model).__name__}, not a torch.nn.Module")
     if structure:
-        from ..prune.structured import apply_structure
+        from .structure import apply_structure
 
         apply_structure(model, structure)
     return model

@@ -40,7 +40,7 @@ def vet_packed(path: str | os.PathLike, arch: str | None = None, trust: bool = F
         from ..surgery import plain_state_dict
 
         if spec.get("structure"):  # the user's full-size module, shrunk to what was packed
-            from ..prune.structured import apply_structure
+            from ..models.structure import apply_structure
 
             apply_structure(model, spec["structure"], path)
         expected = plain_state_dict(model, clone=False)  # shapes and dtypes only: no copies

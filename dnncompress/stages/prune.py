@@ -151,7 +151,8 @@ def structured_stage(ckpt, p: PruneParams, ctx: Context) -> StageOutput:
     import copy
 
     from ..models import build_model
-    from ..prune.structured import sizes_of, structure_of, structured_prune
+    from ..models.structure import sizes_of, structure_of
+    from ..prune.structured import structured_prune
 
     if ckpt.get("masks") or ckpt.get("quant"):
         raise UserError("structured pruning goes first: run it on a checkpoint without masks or quantizers, then prune or quantize the result")
