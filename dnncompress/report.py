@@ -122,7 +122,8 @@ def report_checkpoint(ckpt: dict, entropy: str = "none") -> dict:
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "model.dnc"
         write_packed(ckpt, path, entropy)
-        out = report_packed(path, fp32_file_bytes(ckpt["state_dict"]))
+        # after structured pruning, against the architecture before it (report_packed builds it), as for a .dnc
+        out = report_packed(path, None if ckpt.get("structure") else fp32_file_bytes(ckpt["state_dict"]))
     out["file"] = "(checkpoint, packed in memory)"
     return out
 

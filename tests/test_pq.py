@@ -114,7 +114,7 @@ def test_bad_options():
 def test_block_pruning_keeps_whole_runs_and_the_index_is_written_per_block(tmp_path):
     torch.manual_seed(5)
     model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 6))
-    rows = prune(model, 0.75, block={"0": 4})
+    rows = prune(model, 0.75, scope="layer", block={"0": 4})
     assert rows[0]["kept"] == 32 and rows[1]["kept"] == 12  # exact counts: 75 % of 128 and of 48
     m0 = masks_of(model)["0"].reshape(8, 4, 4)
     assert torch.equal(m0.all(2), m0.any(2))  # runs of 4 are kept or pruned whole

@@ -204,6 +204,6 @@ def test_joint_keeps_its_target_on_the_real_file_or_says_missed(tmp_path):
     assert report_checkpoint(load_checkpoint(tmp_path / "j.pt"), "huffman")["packed_bytes"] == res["packed_bytes"]
     # below the biases and the container alone: no choice of bits and sparsities reaches it
     _, res = execute("joint", JointParams(target_bytes=1500, **grid), base, tmp_path / "m.pt", Context(run_dir=str(tmp_path), log=logs.append))
-    assert not res["target_met"] and res["status"].startswith("MISSED") and len(res["attempts"]) == 2
+    assert not res["target_met"] and res["status"].startswith("MISSED") and 1 <= len(res["attempts"]) <= 2
     assert any("MISSED" in m for m in logs)
     assert load_checkpoint(tmp_path / "m.pt")["history"][-1]["result"]["status"].startswith("MISSED")

@@ -60,6 +60,10 @@ def joint_stage(ckpt, p: JointParams, ctx: Context) -> StageOutput:
     base_test = evaluate(model, ctx.data_for(ckpt).test, device=ctx.device)["accuracy"]  # reported like every later accuracy
     layers = compressible_layers(model, p.include, p.exclude)
     fp32_bytes = fp32_file_bytes(ckpt["state_dict"])
+    if ckpt.get("structure"):  # the ratio is against the model before structured pruning, as report measures it
+        from ..validate import expected_state
+
+        fp32_bytes = fp32_file_bytes(expected_state(ckpt["arch"], ckpt.get("arch_kwargs") or {}, "the checkpoint"))
     compressed_keys = {weight_key(n) for n in layers}
     leftovers = joint.leftover_bytes(ckpt["state_dict"], compressed_keys)
     target = p.target_bytes or fp32_bytes / p.target_ratio
@@ -89,6 +93,8 @@ def joint_stage(ckpt, p: JointParams, ctx: Context) -> StageOutput:
         if rep["packed_bytes"] <= target:
             break
         budget -= (rep["packed_bytes"] - target) * 1.05 + 16
+        if joint.choose(scanned["table"], budget)[0] == choice:  # already the smallest configuration the grid allows
+            break
     met = rep["packed_bytes"] <= target
     if not met:
         ctx.log(f"joint: MISSED the target: the packed file is {rep['packed_bytes']:,} bytes, the target {target:,.0f} "

@@ -143,7 +143,7 @@ def _taylor_loss(ckpt: dict, ctx: Context):
     return loss
 
 
-GRID_FLOPS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+GRID_UNITS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def structured_stage(ckpt, p: PruneParams, ctx: Context) -> StageOutput:
@@ -161,23 +161,23 @@ def structured_stage(ckpt, p: PruneParams, ctx: Context) -> StageOutput:
     loss = _taylor_loss(ckpt, ctx) if p.importance == "taylor" else None
     kw = dict(unit=p.structured, importance=p.importance, scope=p.scope, include=p.include, exclude=p.exclude, loss_fn=loss)
     result: dict = {"structured": p.structured, "importance": p.importance}
-    if p.sparsity == "auto":  # the largest FLOPs cut whose validation drop (before fine-tuning) fits the budget
+    if p.sparsity == "auto":  # the largest fraction of units whose validation drop (before fine-tuning) fits the budget
         try:
             val = ctx.validation(ckpt, "--sparsity auto")
         except UserError as e:
             raise UserError(f"--structured --sparsity auto needs data to choose on: {e}") from None
         base = evaluate(model.eval(), val, device=ctx.device)["accuracy"]
         chosen, trials = None, []
-        for f in GRID_FLOPS:
+        for f in GRID_UNITS:
             trial = copy.deepcopy(model)
-            info = structured_prune(trial, x, flops=f, **kw)
+            info = structured_prune(trial, x, amount=f, **kw)
             drop = base - evaluate(trial.eval(), val, device=ctx.device)["accuracy"]
-            trials.append({"flops_removed": f, "val_drop": drop})
+            trials.append({"units_removed": f, "flops_removed": 1 - info["flops_after"] / max(info["flops_before"], 1), "val_drop": drop})
             if drop > p.max_drop:
                 break
             chosen = (trial, info, drop, f)
         if chosen is None:
-            raise UserError(f"even removing {GRID_FLOPS[0]:.0%} of the FLOPs costs more than {p.max_drop} pt on validation: "
+            raise UserError(f"even removing {GRID_UNITS[0]:.0%} of the units costs more than {p.max_drop} pt on validation: "
                             f"raise --max-drop or fine-tune between smaller steps")
         model, info, drop, _ = chosen
         result["auto"] = {"chosen_on": f"validation ({len(val)} samples)", "baseline": base, "measured_drop": drop,
