@@ -55,7 +55,7 @@ def _count_bytes(spec: dict, row) -> None:
             r["scheme"] = f"tied to {layer['tie']}"
             continue
         if layer["k"] == "q":  # the scheme's storage: a code stream and its tables, whatever they are called
-            r["scheme"] = layer["q"]["scheme"] + (" (Huffman)" if "h" in layer["c"] else "")
+            r["scheme"] = layer["q"]["scheme"] + (" (Huffman)" if "h" in layer["c"] else " (ANS)" if "a" in layer["c"] else "")
             r["bits"] = layer["cb"]
             r["codes"] += fragment_bytes(layer["c"])
             r["tables"] += sum(ref[1] * ITEMSIZE[kind] for kind, ref, _ in layer["t"].values())

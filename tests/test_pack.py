@@ -208,3 +208,40 @@ def test_the_spec_dictionary_is_frozen():
     from dnncompress.pack.spec_dict import SPEC_DICT, SPEC_DICT_SHA256
 
     assert hashlib.sha256(SPEC_DICT).hexdigest() == SPEC_DICT_SHA256 == "cb04e395f57fd84e6e4ce61611cb04a1c87034e022bc2784769b231a9be678c5"
+
+
+@pytest.mark.parametrize("scheme,opts,keep", [("fourval", {}, None), ("fourval", {}, 0.1), ("codebook", {"bits": 5}, 0.3), ("ternary", {}, 0.05)])
+def test_ans_streams_round_trip_and_are_never_larger_than_huffman(tmp_path, scheme, opts, keep):
+    """entropy 'ans' keeps, per stream, the smallest of plain, Huffman and rANS: bit-exact, deterministic, ≤ Huffman."""
+    pytest.importorskip("constriction")
+    from dnncompress.pack.container import read_packed
+
+    ckpt = linear_ckpt(20_000, scheme, keep, **opts)
+    path = assert_roundtrip(ckpt, tmp_path, entropy="ans")
+    ans = path.read_bytes()
+    assert save_packed(ckpt, tmp_path / "again.dnc", entropy="ans") and (tmp_path / "again.dnc").read_bytes() == ans
+    save_packed(ckpt, tmp_path / "h.dnc", entropy="huffman")
+    from dnncompress.report import report_packed
+
+    a, h = report_packed(path), report_packed(tmp_path / "h.dnc")
+    assert a["packed_bytes"] - a["container_bytes"] <= h["packed_bytes"] - h["container_bytes"]  # every stream ≤ its Huffman
+    assert a["container_bytes"] <= h["container_bytes"] + 32  # an 'a' fragment is not in the spec's dictionary
+    spec, _ = read_packed(path)
+    if scheme == "fourval" and keep is None:  # 2-bit codes with a skewed distribution: below Huffman's 1 bit per symbol
+        assert "a" in spec["layers"][0]["c"] and len(ans) < h["packed_bytes"]
+
+
+def test_ans_without_constriction_is_a_one_line_error(tmp_path, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_constriction(name, *a, **k):
+        if name == "constriction":
+            raise ImportError(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_constriction)
+    with pytest.raises(UserError, match=r"pip install 'dnncompress\[ans\]'"):
+        save_packed(linear_ckpt(500, "fourval"), tmp_path / "x.dnc", entropy="ans")
+    assert not (tmp_path / "x.dnc").exists()

@@ -33,7 +33,7 @@ def print_report(rep: dict) -> None:
 
 @click.command("report", help=help_text("Per-layer table of where every byte goes, with the ratio from actual file sizes.", EXAMPLE))
 @click.argument("target", required=False)
-@click.option("--entropy", type=click.Choice(["none", "huffman"]), default="none", show_default=True,
+@click.option("--entropy", type=click.Choice(["none", "huffman", "ans"]), default="none", show_default=True,
               help="for a checkpoint: the entropy coder to pack it with")
 @click.option("--plot", type=click.Path(), default=None, help="write a PNG of per-layer bytes and bits per weight")
 @with_options(input_options)

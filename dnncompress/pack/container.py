@@ -80,6 +80,12 @@ def _fragment(frag: dict, n: int, bits: int, compact: bool, take) -> None:
             frag["h"] = take("hdata", refs[2], None)
         else:
             frag["h"] = [take("hlen", None, 1 << bits), take("hoff", None, -(-n // huffman.BLOCK)), take("hdata", frag["h"], None)]
+    elif "a" in frag:  # rANS: one count per symbol of the alphabet, then the words
+        if compact:
+            take("afreq", frag["a"][0], 1 << bits)
+            frag["a"] = take("adata", frag["a"][1], None)
+        else:
+            frag["a"] = [take("afreq", None, 1 << bits), take("adata", frag["a"], None)]
     elif compact:
         take("codes", frag.pop("w"), bitpack.words_needed(n, bits))
     else:
@@ -172,8 +178,8 @@ def inflate_spec(raw: bytes, limit: int = MAX_HEADER) -> str:
 
 def build_packed(ckpt: dict, entropy: str = "none", fp16: bool = False) -> tuple[list[np.ndarray], dict[str, str], dict]:
     """(the `dnc` tensor's pieces as bytes, metadata, spec) for a checkpoint; layer by layer, no whole-model copies."""
-    if entropy not in ("none", "huffman"):
-        raise UserError(f"entropy coder must be 'none' or 'huffman', got '{entropy}'")
+    if entropy not in ("none", "huffman", "ans"):
+        raise UserError(f"entropy coder must be 'none', 'huffman' or 'ans', got '{entropy}'")
     blobs = Blobs()
     state = ckpt["state_dict"]
     masks, quant = ckpt.get("masks", {}) or {}, ckpt.get("quant", {}) or {}

@@ -14,6 +14,7 @@ import math
 import numpy as np
 import torch
 
+from ..errors import UserError
 from ..quant import Storage, quantizer_from_state, quantizer_from_storage
 from . import bitpack, huffman, sparse
 
@@ -22,7 +23,8 @@ class Blobs:
     """Append-only typed arrays; `add` returns [offset, count] in elements."""
 
     DTYPES = {"codes": np.uint32, "index": np.uint32, "fp32": np.float32, "fp16": np.float16, "bf16": np.uint16,
-              "fp64": np.float64, "i64": np.int64, "u8": np.uint8, "hlen": np.uint8, "hoff": np.uint32, "hdata": np.uint8}
+              "fp64": np.float64, "i64": np.int64, "u8": np.uint8, "hlen": np.uint8, "hoff": np.uint32, "hdata": np.uint8,
+              "afreq": np.uint32, "adata": np.uint32}
 
     def __init__(self, arrays: dict[str, np.ndarray] | None = None):
         self.parts: dict[str, list[np.ndarray]] = {k: [] for k in self.DTYPES}
@@ -73,14 +75,52 @@ def blob_to_tensor(blobs: Blobs, kind: str, ref) -> torch.Tensor:
     return torch.from_numpy(raw.copy())
 
 
+def _constriction():
+    try:
+        import constriction
+    except ImportError:
+        raise UserError("ANS coding needs the 'constriction' package: pip install 'dnncompress[ans]'") from None
+    return constriction
+
+
+def _ans_model(counts: np.ndarray):
+    """The categorical model both sides build from the stored integer counts (float64 division: the same bits)."""
+    counts = counts.astype(np.float64)
+    return _constriction().stream.model.Categorical(counts / counts.sum(), perfect=False)
+
+
+def ans_encode(symbols: np.ndarray, alphabet: int) -> tuple[np.ndarray, np.ndarray]:
+    """(symbol counts [uint32, one per symbol of the alphabet], rANS words [uint32]) of an order-0 coding."""
+    counts = np.bincount(symbols, minlength=alphabet).astype(np.uint32)
+    coder = _constriction().stream.stack.AnsCoder()
+    coder.encode_reverse(symbols.astype(np.int32), _ans_model(counts))
+    return counts, coder.get_compressed().astype(np.uint32)
+
+
+def ans_decode(counts: np.ndarray, words: np.ndarray, n: int) -> np.ndarray:
+    if counts.sum() != n:
+        raise ValueError("ANS symbol counts do not add up to the stream length")
+    if n == 0:
+        return np.zeros(0, dtype=np.uint8)
+    coder = _constriction().stream.stack.AnsCoder(np.array(words, dtype=np.uint32))
+    out = coder.decode(_ans_model(counts), n)
+    return out.astype(np.uint8)
+
+
 def _entropy_or_plain(blobs: Blobs, symbols: np.ndarray, bits: int, entropy: str) -> dict:
-    """Pack symbols plainly, or Huffman-coded when that is smaller; returns the spec fragment."""
-    plain_bytes = bitpack.words_needed(symbols.size, bits) * 4
-    if entropy == "huffman" and symbols.size:
-        lengths, offsets, payload = huffman.encode(symbols, 1 << bits)
-        coded = lengths.size + offsets.size * 4 + payload.size
-        if coded < plain_bytes:
-            return {"h": [blobs.add("hlen", lengths), blobs.add("hoff", offsets), blobs.add("hdata", payload)]}
+    """Pack symbols plainly, Huffman-coded, or (entropy 'ans') rANS-coded, whichever is smallest; the spec fragment."""
+    candidates = {"w": bitpack.words_needed(symbols.size, bits) * 4}
+    if entropy in ("huffman", "ans") and symbols.size:
+        huff = huffman.encode(symbols, 1 << bits)
+        candidates["h"] = huff[0].size + huff[1].size * 4 + huff[2].size
+    if entropy == "ans" and symbols.size:
+        ans = ans_encode(symbols, 1 << bits)
+        candidates["a"] = (ans[0].size + ans[1].size) * 4
+    best = min(candidates, key=lambda k: (candidates[k], k != "w"))  # ties go to plain packing
+    if best == "h":
+        return {"h": [blobs.add("hlen", huff[0]), blobs.add("hoff", huff[1]), blobs.add("hdata", huff[2])]}
+    if best == "a":
+        return {"a": [blobs.add("afreq", ans[0]), blobs.add("adata", ans[1])]}
     return {"w": blobs.add("codes", bitpack.pack(symbols, bits))}
 
 
@@ -91,6 +131,12 @@ def _symbols_back(blobs: Blobs, frag: dict, bits: int, n: int) -> np.ndarray:
         if lengths.size != 1 << bits:
             raise ValueError("Huffman table size does not match the bit width")
         return huffman.decode(lengths, blobs.get("hoff", oref), blobs.get("hdata", dref), n)
+    if "a" in frag:
+        fref, dref = frag["a"]
+        counts = blobs.get("afreq", fref)
+        if counts.size != 1 << bits:
+            raise ValueError("ANS table size does not match the bit width")
+        return ans_decode(counts, blobs.get("adata", dref), n)
     words = blobs.get("codes", frag["w"])
     if words.size != bitpack.words_needed(n, bits):
         raise ValueError("code word count does not match the layer size")
@@ -100,6 +146,8 @@ def _symbols_back(blobs: Blobs, frag: dict, bits: int, n: int) -> np.ndarray:
 def fragment_bytes(frag: dict) -> int:
     if "h" in frag:
         return sum(ref[1] * ITEMSIZE[k] for ref, k in zip(frag["h"], ("hlen", "hoff", "hdata")))
+    if "a" in frag:
+        return sum(ref[1] * ITEMSIZE[k] for ref, k in zip(frag["a"], ("afreq", "adata")))
     return frag["w"][1] * 4
 
 

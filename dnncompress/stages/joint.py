@@ -26,7 +26,7 @@ class JointParams:
     qat_epochs: int = 2  # codebook QAT at the chosen bit widths
     lr: float = 1e-3
     codebook: Literal["static", "dynamic"] = "dynamic"
-    entropy: Literal["none", "huffman"] = "huffman"  # how the result will be packed (for its measured size)
+    entropy: Literal["none", "huffman", "ans"] = "huffman"  # how the result will be packed (for its measured size)
     include: list = field(default_factory=lambda: ["*"])
     exclude: list = field(default_factory=list)
     seed: int = 0

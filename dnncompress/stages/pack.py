@@ -11,7 +11,7 @@ from .base import Context, StageOutput, register_stage
 @dataclass
 class PackParams:
     output: str | None = None
-    entropy: Literal["none", "huffman"] = "none"
+    entropy: Literal["none", "huffman", "ans"] = "none"  # ans: per stream the smallest of plain, Huffman and rANS (constriction)
     fp16: bool = False  # store fp leftovers (biases, BN) as fp16: smaller, not lossless
 
 
