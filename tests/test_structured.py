@@ -88,7 +88,7 @@ def test_load_packed_shrinks_a_user_built_module(tmp_path):
 
 
 def test_a_structure_can_only_shrink_a_model():
-    for bad in ({"1": {"in_features": 20, "out_features": 17}}, {"1": {"out_features": 3}}, {"9": {"in_features": 1, "out_features": 1}},
+    for bad in ({"1": {"in_features": 20, "out_features": 17}}, {"1": {"out_feature": 3}}, {"1": {}}, {"9": {"in_features": 1, "out_features": 1}},
                 {"1": {"in_features": 20, "out_features": 0}}, {"1": {"in_features": 20, "out_features": True}}):
         with pytest.raises(UserError, match="structure|between"):
             apply_structure(mlp(), bad, "f.dnc")

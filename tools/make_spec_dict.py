@@ -27,25 +27,32 @@ VARIANTS = [dict(scheme="fourval"), dict(scheme="fourval", per_channel=True), di
 
 
 def specs(archs=("lenet5", "resnet20"), seed=0):
+    from dnncompress.prune.structured import structured_prune
+
+    shapes = {"lenet5": (2, 1, 28, 28), "resnet20": (2, 3, 32, 32), "lenet300": (2, 1, 28, 28)}
     for arch, kwargs in ((a, {}) for a in archs):
-        for variant in [None, *VARIANTS]:
-            for sparsity in (0.0, 0.9):
-                if variant and (variant.get("rotate") and sparsity or variant["scheme"] == "pq" and arch == "resnet20"):
-                    continue
-                torch.manual_seed(seed)
-                model = build_model(arch, kwargs)
-                if sparsity:
-                    prune_model(model, sparsity)
-                elif variant is None:
-                    continue
-                if variant:
-                    quantize(model, **variant)
-                ckpt = {"arch": arch, "arch_kwargs": kwargs, "state_dict": plain_state_dict(model), "masks": masks_of(model),
-                        "quant": quant_state_of(model), "dataset": {"name": "mnist", "input_shape": [1, 28, 28], "num_classes": 10,
-                                                                   "options": {}, "val_split": 0.1, "data_dir": None},
-                        "metrics": {"accuracy": 99.1, "fp32_accuracy": 99.2, "loss": 0.03}}
-                for entropy in ("none", "huffman"):
-                    yield canonical_json(compact_spec(build_packed(ckpt, entropy)[2]))
+        cases = [(v, s, False) for v in [None, *VARIANTS] for s in (0.0, 0.9)]
+        cases += [(dict(scheme="fourval"), 0.9, True), (dict(scheme="codebook", bits=2), 0.99, True)]  # structured first
+        for variant, sparsity, structured in cases:
+            if variant and (variant.get("rotate") and sparsity or variant["scheme"] == "pq" and arch == "resnet20"):
+                continue
+            torch.manual_seed(seed)
+            model = build_model(arch, kwargs)
+            if structured:
+                structured_prune(model, torch.randn(*shapes[arch]), amount=0.3)
+            if sparsity:
+                prune_model(model, sparsity)
+            elif variant is None:
+                continue
+            if variant:
+                quantize(model, **variant)
+            ckpt = {"arch": arch, "arch_kwargs": kwargs, "state_dict": plain_state_dict(model), "masks": masks_of(model),
+                    "quant": quant_state_of(model), "dataset": {"name": "mnist", "input_shape": [1, 28, 28], "num_classes": 10,
+                                                               "options": {}, "val_split": 0.1, "data_dir": None},
+                    "metrics": {"accuracy": 99.1, "fp32_accuracy": 99.2, "loss": 0.03},
+                    **({"structure": model._dnncompress_structure} if structured else {})}
+            for entropy in ("none", "huffman", "ans"):
+                yield canonical_json(compact_spec(build_packed(ckpt, entropy)[2]))
 
 
 def main():

@@ -50,9 +50,9 @@ def sizes_of(model: nn.Module) -> dict[str, dict]:
 
 
 def structure_of(model: nn.Module, before: dict[str, dict]) -> dict[str, dict]:
-    """The modules whose sizes differ from `before` (sizes_of the unpruned model), with their new sizes."""
+    """The modules whose sizes differ from `before` (sizes_of the unpruned model), with the sizes that changed."""
     now = sizes_of(model)
-    return {n: s for n, s in now.items() if before.get(n) != s}
+    return {n: {a: v for a, v in s.items() if before.get(n, {}).get(a) != v} for n, s in now.items() if before.get(n) != s}
 
 
 def apply_structure(model: nn.Module, structure: dict, source="the checkpoint") -> nn.Module:
@@ -66,7 +66,7 @@ def apply_structure(model: nn.Module, structure: dict, source="the checkpoint") 
     for name, sizes in structure.items():
         module = modules.get(name) if isinstance(name, str) else None
         kind = _kind(module) if module is not None else None
-        if kind is None or not isinstance(sizes, dict) or set(sizes) != set(kind[0]):
+        if kind is None or not isinstance(sizes, dict) or not sizes or not set(sizes) <= set(kind[0]):
             raise UserError(f"{source}: structure entry {str(name)[:60]!r} does not name a resizable module with its sizes")
         old = _sizes(module, kind[0])
         for attr, value in sizes.items():
@@ -74,11 +74,12 @@ def apply_structure(model: nn.Module, structure: dict, source="the checkpoint") 
             was = old[attr] if isinstance(old[attr], list) else [old[attr]]
             if len(values) != len(was) or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= w for v, w in zip(values, was)):
                 raise UserError(f"{source}: '{name}.{attr}' = {str(value)[:30]} is not between 1 and the architecture's {old[attr]}")
-        if "groups" in sizes and (sizes["in_channels"] % sizes["groups"] or sizes["out_channels"] % sizes["groups"]):
+        full = {**old, **sizes}  # the sizes not written are the architecture's
+        if "groups" in full and (full["in_channels"] % full["groups"] or full["out_channels"] % full["groups"]):
             raise UserError(f"{source}: '{name}' groups must divide its channels")
-        for attr, value in sizes.items():
+        for attr, value in full.items():
             setattr(module, attr, tuple(value) if isinstance(value, list) else value)
-        for tensor_name, shape in kind[1](module, sizes).items():
+        for tensor_name, shape in kind[1](module, full).items():
             for store in (module._parameters, module._buffers):
                 t = store.get(tensor_name)
                 if t is not None and tuple(t.shape) != tuple(shape):

@@ -212,7 +212,9 @@ def build_packed(ckpt: dict, entropy: str = "none", fp16: bool = False) -> tuple
             entry.append(str(t.dtype).removeprefix("torch."))
         leftovers.append(entry)
     spec = {"arch": ckpt.get("arch"), "arch_kwargs": ckpt.get("arch_kwargs", {}), "dataset": ckpt.get("dataset", {}),
-            "metrics": {k: v for k, v in (ckpt.get("metrics") or {}).items() if isinstance(v, (int, float, str))},
+            # metrics as reported (6 significant digits): a loss's 17 digits are bytes no reader needs
+            "metrics": {k: float(f"{v:.6g}") if isinstance(v, float) else v for k, v in (ckpt.get("metrics") or {}).items()
+                        if isinstance(v, (int, float, str))},
             "entropy": entropy, "fp16": fp16, "layers": layers, "leftovers": leftovers}
     if ckpt.get("structure"):  # structured pruning's smaller sizes: the reader rebuilds the architecture shrunk
         spec["structure"] = ckpt["structure"]
