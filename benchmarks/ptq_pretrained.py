@@ -8,7 +8,8 @@ other. Bytes are the weight bytes of the quantized layers (biases excluded for e
 the real .dnc (codes + tables + index per layer), a peer's from the tensors it keeps for those weights
 in its own quantized state_dict (everything the model holds minus the untouched tensors).
 
-    python benchmarks/ptq_pretrained.py --model mpnet|effnet [--only ours|peers] [--rows LABEL,...] [--resume]
+    python benchmarks/ptq_pretrained.py --model mpnet|effnet [--only ours|peers] [--rows LABEL,...]
+        [--ptq data-free|calibrated|both] [--resume]
 """
 from __future__ import annotations
 
@@ -43,7 +44,11 @@ SCHEMES += [(f"{label} + rotation", {**opts, "rotate": True}) for label, opts in
 # a CNN's depthwise convs (3.9 % of EfficientNet-Lite0's weights, 9 per filter) at 8 bits, the rest at 4: the
 # overrides name the model's depthwise layers (Setup.depthwise), so the row is built per model
 DEPTHWISE_8 = ("codebook 4 bits per channel + rotation + depthwise 8 bits", dict(scheme="codebook", bits=4, per_channel=True, rotate=True))
-SCHEMES.append(DEPTHWISE_8)
+# NNCF keeps a CNN's first and last layers (and layers whose inputs do not split into groups of 128) at 8 bits; this
+# row spends bytes the same way, on the layers an error scan names first: depthwise, stem and classifier
+EDGES_8 = ("codebook 4 bits per channel + rotation + depthwise + stem + classifier 8 bits", dict(scheme="codebook", bits=4, per_channel=True, rotate=True))
+SCHEMES += [DEPTHWISE_8, EDGES_8]
+CNN_ONLY = {DEPTHWISE_8[0], EDGES_8[0]}
 
 
 TEST_SENTENCES = 512
@@ -59,6 +64,8 @@ class Setup:
             texts = P.sentences()
             self.calib, self.test = P.tokenize(tok, texts[0::2]), P.tokenize(tok, texts[1::2][:TEST_SENTENCES])
             self.include = ["bert.encoder.*"]
+            # the 32×12 relative-position bias table is an Embedding inside the encoder: every peer leaves it fp32
+            self.exclude = ["*relative_attention_bias*"]
             self.what = (f"all-mpnet-base-v2 (MPNet-base sentence encoder, 110 M parameters; the 72 encoder Linear layers, "
                          f"85 M weights, are quantized). Inputs: {len(texts):,} sentences from Python standard-library docstrings; "
                          f"calibration on the even-numbered {len(texts[0::2]):,} ({int(self.calib['attention_mask'].sum()):,} tokens), "
@@ -68,6 +75,7 @@ class Setup:
             self.model = P.effnet()
             self.calib, self.test = P.photo_crops(128, 1), P.photo_crops(256, 2)
             self.include = ["*"]
+            self.exclude = []
             self.what = ("EfficientNet-Lite0 (ImageNet, 4.7 M parameters; every Conv and Linear quantized, depthwise convs included). "
                          "Inputs: random 224² crops of scikit-learn's two sample photos; 128 for calibration, 256 others for every metric. "
                          "Fidelity: cosine of the 1,000 logits against fp32, and top-1 agreement.")
@@ -119,10 +127,13 @@ def peer_weight_bytes(quantized: nn.Module, setup: Setup) -> int:
 def ours(setup: Setup, label: str, opts: dict, calibrated: bool, workdir: Path) -> dict:
     if label == DEPTHWISE_8[0]:
         opts = {**opts, "overrides": {n: {"bits": 8} for n in setup.depthwise}}
+    if label == EDGES_8[0]:
+        names = list(setup.layers)
+        opts = {**opts, "overrides": {n: {"bits": 8} for n in [*setup.depthwise, names[0], names[-1]]}}
     model = copy.deepcopy(setup.model)
     t0 = time.perf_counter()
     with PeakRSS() as mem:
-        dnncompress.quantize(model, include=setup.include, calibration=setup.calib if calibrated else None, **opts)
+        dnncompress.quantize(model, include=setup.include, exclude=setup.exclude, calibration=setup.calib if calibrated else None, **opts)
     seconds = time.perf_counter() - t0
     fid = setup.fidelity(model.eval())
     save_packed(model, workdir / "m.dnc")
@@ -206,6 +217,7 @@ def main():
     ap.add_argument("--model", choices=["mpnet", "effnet"], required=True)
     ap.add_argument("--only", choices=["ours", "peers", "all"], default="all")
     ap.add_argument("--rows", default="", help="comma-separated labels of our rows to run (default: all)")
+    ap.add_argument("--ptq", choices=["data-free", "calibrated", "both"], default="both", help="which of our rows to run")
     ap.add_argument("--resume", action="store_true", help="keep the rows an earlier run of this model logged (same machine, same code)")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -219,9 +231,11 @@ def main():
         jobs = []
         if args.only in ("ours", "all"):
             by_label = dict(SCHEMES)
-            wanted = [(label, by_label[label]) for label in args.rows.split(",")] if args.rows else SCHEMES
+            wanted = [(label, by_label[label]) for label in args.rows.split(",")] if args.rows else \
+                [(label, opts) for label, opts in SCHEMES if setup.depthwise or label not in CNN_ONLY]
             jobs += [("dnncompress", label, cal, lambda label=label, opts=opts, cal=cal: ours(setup, label, opts, cal, Path(d)))
-                     for label, opts in wanted for cal in (False, True)]
+                     for label, opts in wanted for cal in (False, True)
+                     if args.ptq == "both" or args.ptq == ("calibrated" if cal else "data-free")]
         if args.only in ("peers", "all"):
             jobs += [(tool, method, aware, lambda t=tool, m=method, a=aware, f=fn: run_peer(setup, t, m, a, f))
                      for tool, method, aware, fn in peers(setup)]
@@ -246,8 +260,8 @@ def write(setup: Setup, rows: list[dict], name: str) -> None:
         f"({setup.fp32_bytes:,} bytes). Seconds and peak MB: the quantize call alone (peak resident memory above the "
         "process's size when it began, sampled), calibration included. Our rows: '+ rotation' quantizes every row in a "
         "randomized Hadamard frame (`rotate=True`, no bytes stored); 'per channel' codebooks share one table scaled per row; "
-        "calibration is GPTQ with act-order on the calibration split, each layer's level re-fit kept only if it lowers "
-        "that split's output error (the test split chooses nothing). Goals (issue 11): ≥ 0.99 mean cosine at ≤ 12.6 % "
+        "calibration is GPTQ with act-order on the calibration split and the data-free levels kept (no level re-fit: "
+        "see calib_1); the test split chooses nothing. Goals (issue 11): ≥ 0.99 mean cosine at ≤ 12.6 % "
         "of the fp32 bytes; ≥ 0.90 at 2 bits (four-value) within ≤ 6.5 %. Reading the peers: torchao's int4/int2 "
         "weight-only (IntxWeightOnlyConfig, the CPU path) keeps one int8 per weight, hence its bytes; torchao quantizes "
         "Linear layers only; a peer that fails on a model shows its error in the note column. Peak MB counts growth "
