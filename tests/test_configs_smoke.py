@@ -15,7 +15,9 @@ SHRINK = {"epochs": 1, "prune_epochs": 1, "qat_epochs": 1, "sparsities": [0.0, 0
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_config_smoke_run(path, in_tmp):
-    cfg = load_config(path, ["model.arch=lenet300", f"output_dir={in_tmp / 'out'}"])
+    structured = any(getattr(params, "structured", None) for _, params in load_config(path).stages)
+    arch = "lenet5" if structured else "lenet300"  # structured channel pruning needs convs; lenet300 is the fast one
+    cfg = load_config(path, [f"model.arch={arch}", f"output_dir={in_tmp / 'out'}"])
     def shrink(params):
         keep = {k: v for k, v in SHRINK.items() if hasattr(params, k) and isinstance(getattr(params, k), list) == isinstance(v, list)}
         return dataclasses.replace(params, **keep)
@@ -25,4 +27,5 @@ def test_config_smoke_run(path, in_tmp):
     assert all(p.exists() for p in outputs)
     assert outputs[-1].suffix == ".dnc"
     model = load_packed(outputs[-1])
-    assert sum(p.numel() for p in model.parameters()) == 266_610
+    params = sum(p.numel() for p in model.parameters())
+    assert params < 431_080 if structured else params == 266_610  # structured pruning leaves a smaller LeNet-5

@@ -176,9 +176,13 @@ def structured_stage(ckpt, p: PruneParams, ctx: Context) -> StageOutput:
             if drop > p.max_drop:
                 break
             chosen = (trial, info, drop, f)
-        if chosen is None:
-            raise UserError(f"even removing {GRID_UNITS[0]:.0%} of the units costs more than {p.max_drop} pt on validation: "
-                            f"raise --max-drop or fine-tune between smaller steps")
+        if chosen is None:  # like unstructured auto: nothing fits the budget, so nothing is removed (and it is said)
+            from ..prune.structured import flops_of
+
+            ops, n = flops_of(model, x), sum(t.numel() for t in model.parameters())
+            chosen = (model, {"flops_before": ops, "flops_after": ops, "params_before": n, "params_after": n, "removed": {}}, 0.0, 0.0)
+            result["warning"] = (f"even removing {GRID_UNITS[0]:.0%} of the units costs more than {p.max_drop} pt on validation: "
+                                 f"nothing was removed; raise --max-drop or fine-tune between smaller steps")
         model, info, drop, _ = chosen
         result["auto"] = {"chosen_on": f"validation ({len(val)} samples)", "baseline": base, "measured_drop": drop,
                           "max_drop": p.max_drop, "trials": trials}
