@@ -110,3 +110,17 @@ def test_cli_pack_unpack_report_and_bad_file(in_tmp, tiny_ckpt):
     assert not (in_tmp / "x.pt").exists()
     r = runner.invoke(main, ["pack", "m.dnc"])
     assert r.exit_code == 2 and "already packed" in r.output
+
+
+def test_a_forged_structure_cannot_grow_the_model(tmp_path):
+    """A re-signed spec whose structure makes a layer larger than the architecture (or names a module that is not
+    there) is refused before anything is allocated."""
+    from dnncompress.models import build_model
+
+    save_packed(build_model("lenet300"), tmp_path / "ok.dnc", arch="lenet300")
+    for i, structure in enumerate(({"1": {"out_features": 10**6}}, {"nope": {"out_features": 3}}, {"1": {"out_features": 0}}, {"1": []})):
+        def edit(spec, structure=structure):
+            spec["structure"] = structure
+
+        with pytest.raises(UserError, match="structure|between|not a valid"):
+            checkpoint_from_packed(_forge(tmp_path / "ok.dnc", edit, tmp_path / f"s{i}.dnc"))
