@@ -40,6 +40,13 @@ def fp32_file_bytes(state: dict) -> int:
     return 8 + text + (-text % 8) + offset
 
 
+def unpruned_fp32_bytes(arch: str, arch_kwargs: dict | None, source) -> int:
+    """The fp32 safetensors size of the architecture as built, before any structured pruning shrank it."""
+    from .validate import expected_state
+
+    return fp32_file_bytes(expected_state(arch, arch_kwargs or {}, source))
+
+
 def _module_of(key: str) -> str:
     return key.rsplit(".", 1)[0] if "." in key else ""
 
@@ -100,9 +107,7 @@ def report_packed(dnc_path: str | os.PathLike, fp32_bytes: int | None = None, ar
         r["share"] = r["bytes"] / file_bytes
         r["bits_per_weight"] = 8 * r["bytes"] / max(r["params"], 1)
     if fp32_bytes is None and spec.get("structure") and spec.get("arch"):  # against the model before structured pruning
-        from .validate import expected_state
-
-        fp32_bytes = fp32_file_bytes(expected_state(spec["arch"], spec.get("arch_kwargs") or {}, dnc_path))
+        fp32_bytes = unpruned_fp32_bytes(spec["arch"], spec.get("arch_kwargs"), dnc_path)
     if fp32_bytes is None:
         if expected is None:  # no architecture recorded: the shapes the spec declares (all bounded by the file)
             expected = {weight_key(layer["n"]): torch.empty(layer["s"], device="meta") for layer in spec["layers"]}

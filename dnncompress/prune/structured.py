@@ -102,6 +102,7 @@ def structured_prune(model: nn.Module, example_inputs: torch.Tensor, unit: str =
     finally:
         model.train(was_training)
     remember_structure(model, before)
+    changed = structure_of(model, before)  # this call's changes (the structure is against the architecture)
     return {"structure": model._dnncompress_structure, "flops_before": flops_before, "flops_after": flops_now,
             "params_before": params_before, "params_after": sum(p.numel() for p in model.parameters()),
-            "removed": {n: {a: before[n][a] for a in s if before[n][a] != s[a]} for n, s in structure_of(model, before).items()}}
+            "removed": {n: {a: before[n][a] for a in s} for n, s in changed.items()}}

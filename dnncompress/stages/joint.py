@@ -51,7 +51,7 @@ class JointParams:
 @register_stage("joint", JointParams, suffix="joint")
 def joint_stage(ckpt, p: JointParams, ctx: Context) -> StageOutput:
     """Search per-layer sparsity and bit-width under a size target, then AGP-prune and QAT them in."""
-    from ..report import fp32_file_bytes, report_checkpoint
+    from ..report import fp32_file_bytes, report_checkpoint, unpruned_fp32_bytes
 
     if ckpt.get("quant") or ckpt.get("masks"):
         raise UserError("joint starts from an uncompressed checkpoint (no masks, no quantizers)")
@@ -59,11 +59,9 @@ def joint_stage(ckpt, p: JointParams, ctx: Context) -> StageOutput:
     model = model_from_checkpoint(ckpt).eval()
     base_test = evaluate(model, ctx.data_for(ckpt).test, device=ctx.device)["accuracy"]  # reported like every later accuracy
     layers = compressible_layers(model, p.include, p.exclude)
-    fp32_bytes = fp32_file_bytes(ckpt["state_dict"])
-    if ckpt.get("structure"):  # the ratio is against the model before structured pruning, as report measures it
-        from ..validate import expected_state
-
-        fp32_bytes = fp32_file_bytes(expected_state(ckpt["arch"], ckpt.get("arch_kwargs") or {}, "the checkpoint"))
+    # after structured pruning the ratio is against the model before it, as report measures it
+    fp32_bytes = (unpruned_fp32_bytes(ckpt["arch"], ckpt.get("arch_kwargs"), "the checkpoint") if ckpt.get("structure")
+                  else fp32_file_bytes(ckpt["state_dict"]))
     compressed_keys = {weight_key(n) for n in layers}
     leftovers = joint.leftover_bytes(ckpt["state_dict"], compressed_keys)
     target = p.target_bytes or fp32_bytes / p.target_ratio
@@ -72,8 +70,8 @@ def joint_stage(ckpt, p: JointParams, ctx: Context) -> StageOutput:
     sizes = {n: m.weight.numel() for n, m in layers.items()}
     overhead = joint.container_budget(len(layers))
     budget, attempts = target - leftovers - overhead, []
+    choice, _ = joint.choose(scanned["table"], budget)
     for attempt in range(1 + p.retries):  # the target is kept on the real file: pack, check, tighten, repeat
-        choice, _ = joint.choose(scanned["table"], budget)
         rows = joint.as_rows(choice, sizes)
         ctx.log(f"joint: target {target:,.0f} bytes; chosen " + ", ".join(f"{r['layer']} s={r['sparsity']:.2f} b={r['bits']}" for r in rows))
         tag = "" if attempt == 0 else f"-{attempt}"
@@ -93,8 +91,10 @@ def joint_stage(ckpt, p: JointParams, ctx: Context) -> StageOutput:
         if rep["packed_bytes"] <= target:
             break
         budget -= (rep["packed_bytes"] - target) * 1.05 + 16
-        if joint.choose(scanned["table"], budget)[0] == choice:  # already the smallest configuration the grid allows
+        tighter, _ = joint.choose(scanned["table"], budget)
+        if tighter == choice:  # already the smallest configuration the grid allows
             break
+        choice = tighter
     met = rep["packed_bytes"] <= target
     if not met:
         ctx.log(f"joint: MISSED the target: the packed file is {rep['packed_bytes']:,} bytes, the target {target:,.0f} "

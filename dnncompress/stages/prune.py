@@ -150,8 +150,6 @@ def structured_stage(ckpt, p: PruneParams, ctx: Context) -> StageOutput:
     """Structured pruning: the model physically shrinks; the checkpoint records the smaller sizes."""
     import copy
 
-    from ..models import build_model
-    from ..models.structure import sizes_of, structure_of
     from ..prune.structured import structured_prune
 
     if ckpt.get("masks") or ckpt.get("quant"):
@@ -188,11 +186,10 @@ def structured_stage(ckpt, p: PruneParams, ctx: Context) -> StageOutput:
                           "max_drop": p.max_drop, "trials": trials}
     else:
         info = structured_prune(model, x, amount=None if p.flops is not None else p.sparsity, flops=p.flops, **kw)
-    out = update_checkpoint(derive(ckpt), model)
-    out["structure"] = structure_of(model, sizes_of(build_model(ckpt["arch"], ckpt.get("arch_kwargs"))))
+    out = update_checkpoint(derive(ckpt), model)  # the model carries its structure against the architecture
     result.update({k: info[k] for k in ("flops_before", "flops_after", "params_before", "params_after", "removed")})
     result["flops_removed"] = 1 - info["flops_after"] / max(info["flops_before"], 1)
-    result["layers"] = [{"layer": n, "params": 0, "kept": 0, "sparsity": 0.0, "sizes": s} for n, s in out["structure"].items()]
+    result["layers"] = [{"layer": n, "params": 0, "kept": 0, "sparsity": 0.0, "sizes": s} for n, s in out.get("structure", {}).items()]
     result["overall_sparsity"] = 1 - info["params_after"] / max(info["params_before"], 1)
     if ctx.data_name or (ckpt.get("dataset") or {}).get("name"):
         metrics = evaluate(model, ctx.data_for(ckpt).test, device=ctx.device)
