@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from .errors import UserError
 from .fileio import atomic_write_bytes, require_file
+from .filekind import LEGACY_MAGIC, wrong_kind
 from .models.zoo import check_arch_from_file
 from .validate import check_checkpoint, check_state, expected_state
 
@@ -73,7 +74,6 @@ def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
     return Path(path)
 
 
-LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # pickle protocol 2 + torch's magic number (pre-1.6 files)
 MAX_INFLATE = 4  # a torch zip stores tensors uncompressed: declared sizes far above the file's are a bomb
 
 
@@ -87,7 +87,8 @@ def _check_archive(p: Path) -> None:
         with open(p, "rb") as f:
             if f.read(len(LEGACY_MAGIC)) == LEGACY_MAGIC:
                 return  # torch's pre-1.6 format: torch.load (weights_only) reads it
-        raise UserError(f"{p} is not a PyTorch checkpoint (neither a zip archive nor torch's legacy format; truncated or damaged?)")
+        raise UserError(wrong_kind(p, "checkpoint")
+                        or f"{p} is not a PyTorch checkpoint (neither a zip archive nor torch's legacy format; truncated or damaged?)")
     try:
         with zipfile.ZipFile(p) as z:
             entries = z.infolist()

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from .errors import UserError
+from .filekind import wrong_kind
 from .registry import did_you_mean
 
 
@@ -228,6 +229,9 @@ def _parse_yaml(p: Path):
         data = p.read_bytes()
     except OSError as e:
         raise UserError(f"cannot read config '{p}': {e.strerror}") from None
+    elsewhere = wrong_kind(p, "config")
+    if elsewhere:
+        raise UserError(elsewhere)
     if len(data) > MAX_CONFIG_BYTES:
         raise UserError(f"{p}: {len(data):,} bytes is too large for a config (at most {MAX_CONFIG_BYTES:,})")
     try:
@@ -333,11 +337,34 @@ def stage_outputs(cfg: RunConfig) -> list[Path]:
     return paths
 
 
+SHIPPED = Path(__file__).parent / "configs"
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs installed with the package (`dnncompress run NAME` finds them)."""
+    return sorted(p.stem for p in SHIPPED.glob("*.yaml"))
+
+
+def find_config(path: str | Path) -> Path:
+    """`path` if it exists, else the shipped config of that name (with or without .yaml)."""
+    p = Path(path)
+    if p.exists() or len(p.parts) != 1:
+        return p
+    shipped = SHIPPED / (p.name if p.suffix in (".yaml", ".yml") else f"{p.name}.yaml")
+    if shipped.is_file():
+        return shipped
+    if not p.suffix:
+        raise UserError(f"config '{p}' not found: no such file and no shipped config of that name "
+                        f"(shipped: {', '.join(shipped_configs())}; see dnncompress list)")
+    return p
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None, trust: bool = False) -> RunConfig:
     """Read, override and validate a run config; every error is a one-line UserError naming the file.
+    A bare name (`seed000_fourval`) that is not a file finds the config shipped with the package.
 
     `trust` allows a `package.module:factory` architecture (it imports and runs that code)."""
-    p = Path(path)
+    p = find_config(path)
     try:
         return _load_config(p, overrides or [], trust)
     except UserError as e:

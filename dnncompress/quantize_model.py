@@ -13,7 +13,7 @@ import torch.nn as nn
 from .calibrate import calibrate
 from .errors import UserError
 from .quant import make_quantizer
-from .surgery import attach, compressible_layers, compression_of, shadow_weight
+from .surgery import attach, check_layer_patterns, compressible_layers, compression_of, shadow_weight
 
 
 def _options_for(name: str, base: dict, overrides: dict | None) -> dict:
@@ -57,6 +57,7 @@ def quantize(
     """
     if "codebook" in options:  # the CLI's name for the codebook mode
         options["mode"] = options.pop("codebook")
+    check_layer_patterns(model, include, exclude, overrides)
     layers = compressible_layers(model, include, exclude)
     if not layers:
         raise UserError("no layer matched: quantize needs modules with a 2-D+ weight (check include/exclude patterns)")

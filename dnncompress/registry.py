@@ -23,8 +23,9 @@ def did_you_mean(name: str, choices) -> str:
 class Registry(Generic[T]):
     """A small ordered mapping with a decorator to add entries and a friendly lookup error."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, hint: Callable[[str], str | None] | None = None):
         self.kind = kind
+        self.hint = hint  # name → the message for a name people often try that is not ours (None: the usual one)
         self._items: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -39,7 +40,10 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         try:
             return self._items[name]
-        except KeyError:
+        except (KeyError, TypeError):
+            special = self.hint(name) if self.hint is not None and isinstance(name, str) else None
+            if special:
+                raise UserError(special) from None
             raise UserError(
                 f"unknown {self.kind} '{name}'{did_you_mean(name, self._items)}; "
                 f"choose one of: {', '.join(self._items)}"

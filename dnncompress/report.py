@@ -81,9 +81,22 @@ def _count_bytes(spec: dict, row) -> None:
         r["fp"] += 0 if kind == "tie" else ref[1] * ITEMSIZE[kind]  # a tied tensor is stored once, under its first name
 
 
-def report_packed(dnc_path: str | os.PathLike, fp32_bytes: int | None = None, arch: str | None = None, trust: bool = False) -> dict:
+def _in_model_order(rows: list[dict], keys: list[str] | None) -> list[dict]:
+    """Rows in the order their first tensor has in the model's state_dict (a report reads top to bottom like
+    the network); rows the keys do not know keep their place after the known ones."""
+    if not keys:
+        return rows
+    first: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        first.setdefault(_module_of(key), i)
+    return sorted(rows, key=lambda r: first.get("" if r["layer"] == "(root)" else r["layer"], len(keys)))
+
+
+def report_packed(dnc_path: str | os.PathLike, fp32_bytes: int | None = None, arch: str | None = None, trust: bool = False,
+                  order: list[str] | None = None) -> dict:
     """Per-layer bytes of a .dnc (codes / index / scheme tables / fp leftovers), totals and the real ratio,
-    counted from the vetted spec after a full (architecture-bounded) decode has checked every reference."""
+    counted from the vetted spec after a full (architecture-bounded) decode has checked every reference.
+    Layers come in model order: `order` (state_dict keys), else the architecture's, else the file's."""
     spec, blobs, expected = vet_packed(dnc_path, arch, trust)
     restore(spec, blobs, dnc_path)  # every reference and count checked by a real decode (bounded by the architecture)
     rows: dict[str, dict] = {}
@@ -96,7 +109,7 @@ def report_packed(dnc_path: str | os.PathLike, fp32_bytes: int | None = None, ar
         _count_bytes(spec, row)
     except (KeyError, TypeError, IndexError, ValueError, AttributeError) as e:
         raise invalid_file(dnc_path, f"a layer entry lacks what its kind needs ({type(e).__name__})") from None
-    out_rows = list(rows.values())
+    out_rows = _in_model_order(list(rows.values()), order or (list(expected) if expected else None))
     payload = sum(r["codes"] + r["index"] + r["tables"] + r["fp"] for r in out_rows)
     file_bytes = Path(dnc_path).stat().st_size
     container = file_bytes - payload  # safetensors header, JSON spec, word padding
@@ -128,37 +141,19 @@ def report_checkpoint(ckpt: dict, entropy: str = "none") -> dict:
         path = Path(d) / "model.dnc"
         write_packed(ckpt, path, entropy)
         # after structured pruning, against the architecture before it (report_packed builds it), as for a .dnc
-        out = report_packed(path, None if ckpt.get("structure") else fp32_file_bytes(ckpt["state_dict"]))
+        out = report_packed(path, None if ckpt.get("structure") else fp32_file_bytes(ckpt["state_dict"]),
+                            order=list(ckpt["state_dict"]))
     out["file"] = "(checkpoint, packed in memory)"
     return out
 
 
 def plot_report(rep: dict, path: str | os.PathLike) -> None:
-    """Per-layer bytes before (fp32) and after (packed), and bits per weight; headless matplotlib."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """Per-layer bytes (by part), bits per weight and sparsity in model order; fp32 layers on their own scale."""
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rep["layers"] if r["params"]]
-    names = [r["layer"] for r in rows]
-    before = [4 * r["params"] for r in rows]
-    after = [r["bytes"] for r in rows]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 0.5 * len(rows) + 6), 4))
-    x = np.arange(len(rows))
-    ax1.bar(x - 0.2, before, 0.4, label="fp32")
-    ax1.bar(x + 0.2, after, 0.4, label="packed")
-    ax1.set_yscale("log")
-    ax1.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
-    ax1.set_ylabel("bytes")
-    ax1.legend()
-    ax1.set_title(f"{rep.get('arch')}: {rep['fp32_bytes']:,} → {rep['packed_bytes']:,} bytes ({rep['ratio']:.1f}×)")
-    ax2.bar(x, [r["bits_per_weight"] for r in rows])
-    ax2.set_xticks(x, names, rotation=60, ha="right", fontsize=7)
-    ax2.set_ylabel("bits per weight (all bytes of the layer)")
-    fig.tight_layout()
+    from .charts import layer_figure
     from .fileio import save_figure
 
+    fig = layer_figure(rep)
     save_figure(fig, path)
     plt.close(fig)
-

@@ -68,6 +68,23 @@ def compressible_layers(model: nn.Module, include: Iterable[str] = ("*",), exclu
     return out
 
 
+def check_patterns(model: nn.Module, patterns: Iterable[str], what: str) -> None:
+    """Every pattern the user gave must match some compressible layer: a typo must not pass silently."""
+    names = list(compressible_layers(model))
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            shown = ", ".join(names[:12]) + (f", … ({len(names)} in all)" if len(names) > 12 else "")
+            raise UserError(f"{what} '{pattern}' matches no layer; the layers are: {shown or 'none'}")
+
+
+def check_layer_patterns(model: nn.Module, include=("*",), exclude=(), overrides=None, blocks=None) -> None:
+    """check_patterns for each kind of pattern a command takes."""
+    check_patterns(model, [p for p in include if p != "*"], "include pattern")
+    check_patterns(model, exclude, "exclude pattern")
+    check_patterns(model, overrides or {}, "override pattern")
+    check_patterns(model, blocks if isinstance(blocks, dict) else {}, "block pattern")
+
+
 def compression_of(module: nn.Module) -> CompressedWeight | None:
     if parametrize.is_parametrized(module, "weight"):
         for p in module.parametrizations["weight"]:
@@ -161,9 +178,15 @@ def quant_state_of(model: nn.Module) -> dict[str, dict]:
     return out
 
 
-def model_from_checkpoint(ckpt: dict, with_compression: bool = True) -> nn.Module:
-    """Build the checkpoint's model with its fp32 weights, masks and quantizers in place."""
-    model = build_model(ckpt["arch"], ckpt.get("arch_kwargs"), ckpt.get("structure"))
+def model_from_checkpoint(ckpt: dict, with_compression: bool = True, model: nn.Module | None = None) -> nn.Module:
+    """Build the checkpoint's model (or fill `model`, a module the user built: shrunk to the checkpoint's
+    structure first) with its fp32 weights, masks and quantizers in place."""
+    if model is None:
+        model = build_model(ckpt["arch"], ckpt.get("arch_kwargs"), ckpt.get("structure"))
+    elif ckpt.get("structure"):
+        from .models.structure import apply_structure
+
+        apply_structure(model, ckpt["structure"], "the checkpoint")
     model.load_state_dict(ckpt["state_dict"])
     if with_compression:
         modules = dict(model.named_modules())

@@ -21,6 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from .errors import UserError
+
 Progress = Callable[[dict], None]
 
 
@@ -44,10 +46,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pick_device(name: str = "auto") -> torch.device:
+def pick_device(name: str | torch.device = "auto") -> torch.device:
+    """The device to run on; a name torch does not know, or a device this machine lacks, is a UserError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise UserError(f"--device {name}: not a device name; use cpu, cuda, cuda:N, mps or auto") from None
+    available = {"cpu": lambda: True, "cuda": torch.cuda.is_available,
+                 "mps": lambda: getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    if device.type not in available:
+        raise UserError(f"--device {name}: dnncompress runs on cpu, cuda or mps; use --device cpu")
+    if not available[device.type]():
+        raise UserError(f"--device {name}: this machine has no {device.type.upper()} device; use --device cpu (or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s); use --device cuda:0 or cpu")
+    return device
 
 
 def distributed_env() -> tuple[int, int]:

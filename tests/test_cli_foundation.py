@@ -86,3 +86,15 @@ def test_stage_never_overwrites_input(in_tmp, tiny_ckpt):
     before = (in_tmp / "m.pt").read_bytes()
     assert_clean_error(invoke("finetune", "m.pt", "-o", "m.pt", "--epochs", "1"), "input")
     assert (in_tmp / "m.pt").read_bytes() == before
+
+
+def test_a_device_this_machine_lacks_is_one_line_and_exit_2(in_tmp, tiny_ckpt):
+    import torch
+
+    runner = CliRunner()
+    for device in ("tpu", "nonsense:x", *(() if torch.cuda.is_available() else ("cuda",))):
+        r = runner.invoke(main, ["eval", str(tiny_ckpt), "--device", device])
+        assert r.exit_code == 2, r.output
+        assert len(r.output.strip().splitlines()) == 1 and ("--device cpu" in r.output or "use cpu" in r.output), r.output
+        r = runner.invoke(main, ["train", "--arch", "lenet300", "--data", "synthetic", "--epochs", "1", "--device", device, "-o", "t.pt"])
+        assert r.exit_code == 2 and not (in_tmp / "t.pt").exists(), r.output

@@ -51,6 +51,13 @@ class Group(click.Group):
             hint = f" (see '{e.ctx.command_path} --help')" if getattr(e, "ctx", None) is not None else ""
             fail(e.format_message().splitlines()[0] + hint, e.exit_code if e.exit_code else 2)
 
+    def parse_args(self, ctx, args):
+        """A bare `dnncompress` prints the command list (exit 0), not a usage error."""
+        if not args:
+            click.echo(ctx.get_help())
+            ctx.exit(0)
+        return super().parse_args(ctx, args)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
@@ -85,9 +92,10 @@ def resolve_input(path: str | None, suffixes=(".pt", ".dnc")) -> Path:
 
 def load_input(path: str | None, arch=None, trust=False):
     from ..checkpoint import load_checkpoint
+    from ..filekind import sniff
 
     p = resolve_input(path)
-    if p.suffix == ".dnc":
+    if p.suffix == ".dnc" or sniff(p) == "packed":  # by content too: a renamed .dnc still loads
         from ..pack import checkpoint_from_packed
 
         return p, checkpoint_from_packed(p, arch=arch, trust=trust)
@@ -95,11 +103,16 @@ def load_input(path: str | None, arch=None, trust=False):
 
 
 class ProgressBar:
-    """Rich progress on stderr, fed by the library's progress events."""
+    """Rich progress on stderr, fed by the library's progress events: one bar per stage and per kind of
+    work (training steps, a sensitivity scan), so a scan never takes over a training bar; a finished bar
+    stays as it ended. Result lines go through `echo`, above the bars, never glued onto one."""
 
     def __init__(self, description: str, enabled: bool = True):
         self.description, self.enabled = description, enabled and rank() == 0
-        self.progress = self.task = None
+        self.progress = None
+        self.tasks: dict[tuple, int] = {}
+
+    active: ProgressBar | None = None  # the bar that is live now: result and log lines print above it
 
     def __enter__(self):
         if self.enabled:
@@ -108,36 +121,59 @@ class ProgressBar:
             self.progress = Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=stderr_console(), transient=False,
+                redirect_stdout=False, redirect_stderr=False,
             )
             self.progress.__enter__()
+        ProgressBar.active = self
         return self
 
     def __exit__(self, *exc):
+        ProgressBar.active = None
         if self.progress:
             self.progress.__exit__(*exc)
+
+    def echo(self, message: str, err: bool = False) -> None:
+        """A line printed above the live bars (plain click.echo when no bar is live)."""
+        if self.progress is not None and self.progress.live.is_started and self.progress.console.is_terminal:
+            self.progress.console.print(message, markup=False, highlight=False, soft_wrap=True)
+            return
+        click.echo(message, err=err)
+
+    def _label(self, event: dict, work: str) -> str:
+        stage = event.get("stage")
+        if self.description == "run" and stage:
+            return f"{stage} {work}" if work != "training" else stage
+        return self.description if work == "training" else f"{self.description} {work}"
+
+    def _task(self, event: dict, work: str, total: int, done: int = 0, fresh: bool = False) -> int:
+        key = (event.get("stage"), work)
+        if fresh or key not in self.tasks:
+            self.tasks[key] = self.progress.add_task(self._label(event, work), total=total, completed=done, info="")
+        return self.tasks[key]
 
     def __call__(self, event: dict) -> None:
         if not self.progress:
             return
         kind = event.get("kind")
         if kind == "start":
-            self.task = self.progress.add_task(self.description, total=event["total"], completed=event.get("done", 0), info="")
-        elif kind == "step" and self.task is not None:
+            self._task(event, "training", event["total"], event.get("done", 0), fresh=True)
+        elif kind == "step" and (event.get("stage"), "training") in self.tasks:
             info = f"epoch {event['epoch']} loss {event['loss']:.3f} acc {event['accuracy']:.1f}%"
-            self.progress.update(self.task, advance=1, info=info)
+            self.progress.update(self.tasks[(event.get("stage"), "training")], advance=1, info=info)
         elif kind == "scan" and event.get("total"):
-            if self.task is None:
-                self.task = self.progress.add_task(self.description, total=event["total"], info="")
-            self.progress.update(self.task, completed=event["done"], info=event.get("info", ""))
+            task = self._task(event, "scan", event["total"])
+            self.progress.update(task, completed=event["done"], info=event.get("info", ""))
 
 
 def make_context(data=None, data_dir=None, device="auto", seed=0, progress=None, resume=False, snapshot_every=200):
     from ..stages import Context
+    from ..train import pick_device
 
+    pick_device(device)  # a device this machine lacks fails now, in one line, not inside torch after loading everything
     click_ctx = click.get_current_context(silent=True)
     meta = click_ctx.meta if click_ctx is not None else {}  # --val-split and --data-opt: data options every data command has
     return Context(data_name=data, data_dir=data_dir, device=device, seed=seed, progress=progress,
-                   log=lambda m: click.echo(m, err=True), resume=resume, snapshot_every=snapshot_every,
+                   log=lambda m: echo(m, err=True), resume=resume, snapshot_every=snapshot_every,
                    val_split=meta.get("val_split"), data_options=dict(meta.get("data_options") or {}))
 
 
@@ -202,10 +238,20 @@ def jsonable(obj):
     return obj
 
 
+def echo(message: str, err: bool = False) -> None:
+    """click.echo, or above the live progress bars when there are some."""
+    if ProgressBar.active is not None:
+        ProgressBar.active.echo(message, err)
+    else:
+        click.echo(message, err=err)
+
+
 def print_result(name, out, result):
     acc = result.get("accuracy")
     extra = f" — test accuracy {acc:.2f}%" if isinstance(acc, (int, float)) else ""
-    click.echo(f"{name}: wrote {out}{extra}")
+    if name.split()[-1] == "pack" and result.get("ratio"):
+        extra += f" — {result['bytes']:,} bytes, {result['ratio']:.1f}× smaller than fp32 ({result['fp32_bytes']:,} bytes)"
+    echo(f"{name}: wrote {out}{extra}")
 
 
 data_options = [

@@ -36,6 +36,9 @@ def finetune(checkpoint, data, data_dir, device, arch, trust, agp_final, agp_end
     agp = AGPParams(final=agp_final, end=agp_end) if agp_final is not None else None
     params = params_from(FinetuneParams, FIELDS, fields, agp=agp)
     path, ckpt = load_input(checkpoint, arch, trust)
+    if "unpack" in [h.get("stage") for h in ckpt.get("history", [])][-1:]:
+        click.echo(f"note: {path.name} keeps no fp32 shadow weights: fine-tuning starts from its decoded (quantized) weights; "
+                   "pass the .pt it was packed from to continue from the shadow weights", err=True)
     with ProgressBar("finetune") as bar:
         ctx = make_context(data, data_dir, device, params.seed, bar, resume, snapshot_every)
         run_stage("finetune", params, path, ckpt, output, ctx, json_out)

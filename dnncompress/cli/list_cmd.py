@@ -13,9 +13,9 @@ EXAMPLE = "dnncompress list"
 @click.command("list", help=help_text("List architectures, datasets, stages and quantization schemes.", EXAMPLE))
 @click.option("--json", "json_out", is_flag=True)
 def list_cmd(json_out):
-    from .. import available
+    from ..catalog import builtin
 
-    info = available()
+    info = builtin()
     if json_out:
         click.echo(json.dumps(info))
         return

@@ -7,7 +7,7 @@ import click
 
 from .common import help_text, input_options, jsonable, load_input, resolve_input, stdout_console, with_options
 
-EXAMPLE = "dnncompress report model.dnc --plot sizes.png"
+EXAMPLE = "dnncompress report model.dnc --plot sizes.png --html report.html --history model.pt"
 
 
 def print_report(rep: dict) -> None:
@@ -36,25 +36,46 @@ def print_report(rep: dict) -> None:
 @click.option("--entropy", type=click.Choice(["none", "huffman", "ans"]), default="none", show_default=True,
               help="for a checkpoint: the entropy coder to pack it with")
 @click.option("--plot", type=click.Path(), default=None, help="write a PNG of per-layer bytes and bits per weight")
+@click.option("--html", "html_path", type=click.Path(), default=None,
+              help="write one self-contained HTML page: per-layer table and bytes, bits/weight, sparsity, history, sensitivity")
+@click.option("--history", "history_from", type=click.Path(), default=None,
+              help="for a .dnc: the checkpoint it was packed from, whose stage history the HTML page shows")
 @with_options(input_options)
 @click.option("--json", "json_out", is_flag=True)
-def report(target, entropy, plot, arch, trust, json_out):
+def report(target, entropy, plot, html_path, history_from, arch, trust, json_out):
+    from ..errors import UserError
+    from ..fileio import check_plot_path, refuse_input
+    from ..filekind import sniff
     from ..report import plot_report, report_checkpoint, report_packed
 
     path = resolve_input(target)
     if plot:
-        from ..fileio import check_plot_path, refuse_input
-
-        refuse_input(plot, [path], "--plot")
+        refuse_input(plot, [path, history_from], "--plot")
         check_plot_path(plot)
-    if path.suffix == ".dnc":
+    if html_path:
+        refuse_input(html_path, [path, history_from], "--html")
+        if not html_path.lower().endswith((".html", ".htm")):
+            raise UserError(f"--html {html_path}: name a .html file")
+    history, source = None, None
+    if path.suffix == ".dnc" or sniff(path) == "packed":
         rep = report_packed(path, arch=arch, trust=trust)
     else:
         _, ckpt = load_input(str(path), arch, trust)
         rep = report_checkpoint(ckpt, entropy)
+        history, source = ckpt.get("history"), str(path)
+    if history_from:
+        _, hist_ckpt = load_input(str(history_from), arch, trust)
+        history, source = hist_ckpt.get("history"), str(history_from)
     if plot:
         plot_report(rep, plot)
+    if html_path:
+        from ..fileio import atomic_write_bytes
+        from ..report_html import render_html
+
+        atomic_write_bytes(html_path, render_html(rep, history, source).encode())
     if json_out:
         click.echo(json.dumps(jsonable(rep)))
     else:
         print_report(rep)
+        if html_path:
+            stdout_console().print(f"wrote {html_path}")

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from .common import ProgressBar, data_options, help_text, jsonable, make_context, print_result, resume_options, with_options
+from .common import ProgressBar, data_options, echo, help_text, jsonable, make_context, print_result, resume_options, with_options
 
 EXAMPLE = "dnncompress run configs/demo.yaml stages.2.finetune.epochs=1"
 
@@ -28,7 +28,7 @@ def run(config, overrides, data, data_dir, device, trust, resume, snapshot_every
         results.append({"stage": name, "output": str(out), **jsonable(result)})
         if not json_out:
             if result.get("skipped"):
-                click.echo(f"[{i}] {name}: {out} is complete (resume); skipped", err=True)
+                echo(f"[{i}] {name}: {out} is complete (resume); skipped", err=True)
             else:
                 print_result(f"[{i}] {name}", out, result)
 

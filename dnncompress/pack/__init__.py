@@ -147,9 +147,21 @@ def checkpoint_from_packed(path: str | os.PathLike, arch: str | None = None, tru
             "metrics": spec["metrics"], "history": [{"stage": "unpack", "config": {"source": str(path)}, "result": {}}]}
 
 
-def load_packed(path: str | os.PathLike, model: nn.Module | None = None, trust: bool = False) -> nn.Module:
+def load_packed(path: str | os.PathLike, model: nn.Module | None = None, trust: bool = False,
+                device: str | torch.device | None = None) -> nn.Module:
     """An inference-ready nn.Module from a .dnc. Pass `model` to fill a module you built (needed for
-    architectures packed without a spec); `trust=True` lets a recorded `module:factory` be imported."""
+    architectures packed without a spec); `trust=True` lets a recorded `module:factory` be imported;
+    `device` ("cpu", "cuda", "cuda:1", …) is where the module ends up (decoding runs on the CPU)."""
+    target = None
+    if device is not None:
+        from ..train import pick_device
+
+        target = pick_device(device)  # checked before any decoding: a missing GPU fails fast
+    model = _load_packed(path, model, trust)
+    return model.to(target) if target is not None else model
+
+
+def _load_packed(path, model, trust) -> nn.Module:
     ckpt = checkpoint_from_packed(path, trust=trust, model=model)
     if model is not None:
         model.load_state_dict(ckpt["state_dict"])

@@ -265,6 +265,13 @@ def invalid_file(path, what: str) -> UserError:
     return UserError(f"{path} is not a valid .dnc file: {what}; re-create it with 'dnncompress pack'")
 
 
+def wrong_kind_error(p) -> UserError | None:
+    from ..filekind import wrong_kind
+
+    message = wrong_kind(p, "packed")
+    return UserError(message) if message else None
+
+
 def _json_loads(text, p, what: str):
     try:
         return json.loads(text)
@@ -282,7 +289,7 @@ def read_packed(path: str | os.PathLike) -> tuple[dict, Blobs]:
             raise invalid_file(p, "truncated (no header)")
         (hlen,) = struct.unpack("<Q", head)
         if hlen > min(size - 8, MAX_HEADER):
-            raise invalid_file(p, f"header length {hlen} exceeds the file")
+            raise wrong_kind_error(p) or invalid_file(p, f"header length {hlen} exceeds the file")
         header = _json_loads(f.read(hlen), p, "header")
         data = f.read()
     if not isinstance(header, dict):

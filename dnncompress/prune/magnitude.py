@@ -161,9 +161,10 @@ def prune(model: nn.Module, sparsity: float = 0.9, scope: str = "global", includ
     """Magnitude-prune every Conv/Linear (any 2-D+ weight) of any nn.Module; returns per-layer counts.
     `block` (an int, or {pattern: int}) prunes runs of that many contiguous weights of a row together.
     Global by default: one threshold over all layers spares the small, sensitive ones."""
-    from ..surgery import compressible_layers
+    from ..surgery import check_layer_patterns, compressible_layers
 
     check_sparsity(sparsity)
+    check_layer_patterns(model, include, exclude, overrides, block)
     layers = compressible_layers(model, include, exclude)
     if not layers:
         raise UserError("no layer matched: prune needs modules with a 2-D+ weight (check include/exclude)")

@@ -98,24 +98,12 @@ def auto_sparsity(layers: dict[str, nn.Module], accuracy: Callable[[], float], m
 
 
 def plot_curves(curves: dict[str, list], path, chosen: dict[str, float] | None = None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """The sensitivity curves as a PNG/SVG/PDF: lines for a few layers, a heat map for many (charts.py)."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name, c in curves.items():
-        line = ax.plot([s for s, _ in c], [d for _, d in c], marker="o", ms=3, label=name)[0]
-        if chosen and name in chosen:
-            ax.axvline(chosen[name], color=line.get_color(), ls=":", lw=1)
-    worst = max((d for c in curves.values() for _, d in c), default=1.0)
-    ax.set_ylim(-0.5, min(max(worst, 1.0), 10.0) * 1.05)  # the interesting part is near the budget, not the collapse
-    ax.set_xlabel("sparsity of this layer alone")
-    ax.set_ylabel("accuracy drop (points, clipped at 10)")
-    ax.set_title("Per-layer pruning sensitivity (dotted: chosen)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    from ..charts import sensitivity_figure
     from ..fileio import save_figure
 
+    fig = sensitivity_figure(curves, chosen)
     save_figure(fig, path)
     plt.close(fig)

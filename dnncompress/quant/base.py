@@ -6,7 +6,9 @@ A scheme is a codec for one layer's weight:
   storage(w, mask) → Storage               the packed form: one integer code per stored unit and the
                                            minimal float tables that define the layer;
   quantizer_from_storage(meta, tables)     rebuild the quantizer from the packed form, then
-      .decode_storage(codes, shape, mask)  the dense weight, equal bit for bit to forward().
+      .decode_storage(codes, shape, mask)  the dense weight, equal bit for bit to forward();
+  lookup(w) → Lookup | None                the weight as one table gather (what ONNX can express), or
+                                           None where the scheme is not one (a rotated frame).
 pack/ only knows "a stream of b-bit codes, maybe entropy-coded, positions maybe sparse" and
 "small float tables"; report and the joint search count bytes from Storage. No module outside a
 scheme's file names that scheme's tables.
@@ -31,7 +33,22 @@ from ..errors import UserError
 from ..registry import Registry
 from .rotation import rotate, unrotate
 
-SCHEMES: Registry[type[Quantizer]] = Registry("quantization scheme")
+
+def _standard_name_hint(name: str) -> str | None:
+    """int8, int4, uint2, … are uniform integer grids; our nearest is a fitted table of as many levels."""
+    import re
+
+    m = re.fullmatch(r"u?int(\d)|q?int(\d)|w(\d)a\d+", name.strip().lower())
+    if not m:
+        return None
+    bits = int(next(g for g in m.groups() if g))
+    if not 2 <= bits <= 8:
+        return None
+    return (f"scheme '{name}' is a uniform {bits}-bit grid; use --scheme codebook --bits {bits} "
+            f"({2**bits} levels fitted to the weights by 1-D k-means instead of evenly spaced)")
+
+
+SCHEMES: Registry[type[Quantizer]] = Registry("quantization scheme", hint=_standard_name_hint)
 CHUNK = 1 << 20
 
 
@@ -62,6 +79,17 @@ class Storage:
     def units(self) -> int:
         """How many codes the layer stores."""
         return int(self.codes.numel())
+
+
+@dataclass
+class Lookup:
+    """A weight as a gather: `table` (T×L×d floats) and `codes` (T×U integers < L, one per unit, every
+    unit, pruned ones too). The dense weight is table[t, codes[t, u], :] laid out as (T, U·d), read as
+    (rows, -1) cut to the row length, then shaped like the weight; the caller multiplies in the mask.
+    Scalar schemes have d = 1 and one table row per level row; vector schemes T = 1."""
+
+    table: torch.Tensor
+    codes: torch.Tensor
 
 
 def _plain(value) -> bool:
@@ -158,6 +186,10 @@ class Quantizer(nn.Module):
     def decode_storage(self, codes: torch.Tensor, shape: tuple, mask: torch.Tensor | None) -> torch.Tensor:
         """The dense fp32 weight (zeros where masked) from the stored codes; ValueError on a bad count or code."""
         raise NotImplementedError
+
+    def lookup(self, w: torch.Tensor, mask: torch.Tensor | None = None) -> Lookup | None:
+        """The weight as a table gather (see Lookup); None where the scheme cannot be written as one."""
+        return None
 
     def describe(self) -> str:
         return self.scheme
@@ -336,6 +368,14 @@ class ScalarQuantizer(Quantizer):
             else:
                 out[r0 : r0 + counts.numel()][block] = values
         return self.from_frame(out.reshape(shape))
+
+    @torch.no_grad()
+    def lookup(self, w, mask=None):
+        if self.rotate:  # the codes live in the rotated frame: a gather cannot undo the rotation
+            return None
+        codes = self.encode(w.detach().float())
+        rows = self.levels.shape[0]
+        return Lookup(self.levels.detach().float().reshape(rows, -1, 1).clone(), codes.reshape(rows, -1))
 
     def summary(self) -> dict:
         lv = self.levels.detach()

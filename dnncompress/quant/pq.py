@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError
-from .base import SCHEMES, Quantizer, Storage
+from .base import SCHEMES, Lookup, Quantizer, Storage
 
 BLOCK = 1 << 16
 
@@ -259,6 +259,17 @@ class ProductQuantizer(Quantizer):
         codes = assign(self._select(x, stored), self._select(valid, stored), self._rounded())
         table = self._rounded().half() if self.options["table"] == "fp16" else self._rounded()
         return Storage(self.meta(), {"centroids": table.cpu()}, codes.to(torch.uint8).cpu(), self.code_bits)
+
+    @torch.no_grad()
+    def lookup(self, w, mask=None):
+        x, valid, stored = self._units(w.detach().float(), mask)
+        codes = torch.zeros(x.shape[0], dtype=torch.long)
+        picked = assign(self._select(x, stored), self._select(valid, stored), self._rounded()).long()
+        if stored is None:
+            codes = picked
+        else:
+            codes[stored] = picked
+        return Lookup(self._rounded().unsqueeze(0).clone(), codes.unsqueeze(0))
 
     def _load_tables(self, tables, shape):
         c = tables.get("centroids")

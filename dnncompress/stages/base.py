@@ -152,7 +152,13 @@ def execute(name: str, params: Any, ckpt: dict | None, out_path: Path, ctx: Cont
     if not ctx.resume and main_process:
         shutil.rmtree(ctx.snapshot_dir, ignore_errors=True)  # a fresh run: an earlier run's snapshots are not ours
     t0 = time.perf_counter()
-    out = stage.run(ckpt, params, ctx)
+    report = ctx.progress
+    if report is not None:  # every event says which stage sent it: each stage gets its own bar
+        ctx.progress = lambda event: report({**event, "stage": name})
+    try:
+        out = stage.run(ckpt, params, ctx)
+    finally:
+        ctx.progress = report
     seconds = time.perf_counter() - t0
     result = dict(out.result)
     if main_process:

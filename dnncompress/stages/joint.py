@@ -106,5 +106,7 @@ def joint_stage(ckpt, p: JointParams, ctx: Context) -> StageOutput:
               **({} if met else {"status": f"MISSED: packed {rep['packed_bytes']:,} bytes > target {int(target):,}"}),
               "baseline_accuracy": base_acc, "scan_baseline_validation": scanned["baseline"],
               "accuracy_after_prune": pr["accuracy"], "accuracy": qr["accuracy"],
-              "accuracy_drop": base_acc - qr["accuracy"], "entropy": p.entropy}
+              "accuracy_drop": base_acc - qr["accuracy"], "entropy": p.entropy,
+              # the scan it chose from, per layer [sparsity, bits, validation drop, bytes]: report --html draws it
+              "scan": {n: [[s, b, round(d, 4), nb] for s, b, d, nb in rows] for n, rows in scanned["table"].items()}}
     return StageOutput(out, result)

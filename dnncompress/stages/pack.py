@@ -28,10 +28,22 @@ def packed_already(ckpt: dict, p: PackParams, path) -> dict | None:
                 return None
     except OSError:
         return None
-    return packed_info(spec, len(head) + sum(piece.nbytes for piece in pieces))
+    return with_ratio(packed_info(spec, len(head) + sum(piece.nbytes for piece in pieces)), ckpt)
+
+
+def with_ratio(info: dict, ckpt: dict) -> dict:
+    """The pack result with the fp32 safetensors size it is compared to and the ratio (as `report` counts:
+    against the architecture before structured pruning shrank it)."""
+    from ..report import fp32_file_bytes, unpruned_fp32_bytes
+
+    if ckpt.get("structure") and ckpt.get("arch"):
+        fp32 = unpruned_fp32_bytes(ckpt["arch"], ckpt.get("arch_kwargs"), "the checkpoint")
+    else:
+        fp32 = fp32_file_bytes(ckpt["state_dict"])
+    return {**info, "fp32_bytes": fp32, "ratio": round(fp32 / info["bytes"], 2) if info["bytes"] else None}
 
 
 @register_stage("pack", PackParams, suffix="packed", ext=".dnc")
 def pack_stage(ckpt, p: PackParams, ctx: Context) -> StageOutput:
     """Pack a checkpoint into a .dnc file (safetensors container)."""
-    return StageOutput(ckpt, {}, writer=lambda path: write_packed(ckpt, path, p.entropy, p.fp16))
+    return StageOutput(ckpt, {}, writer=lambda path: with_ratio(write_packed(ckpt, path, p.entropy, p.fp16), ckpt))

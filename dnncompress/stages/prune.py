@@ -10,7 +10,7 @@ from ..errors import UserError
 from ..fileio import check_plot_path
 from ..prune import apply_masks, mask_summary
 from ..prune.magnitude import check_block, check_sparsity, layer_sparsities, magnitude_masks, overall_sparsity, overridden
-from ..surgery import compressible_layers, model_from_checkpoint, update_checkpoint
+from ..surgery import check_layer_patterns, compressible_layers, model_from_checkpoint, update_checkpoint
 from ..train import evaluate
 from .base import Context, StageOutput, register_stage
 
@@ -69,6 +69,7 @@ def prune_stage(ckpt, p: PruneParams, ctx: Context) -> StageOutput:
     if p.structured:
         return structured_stage(ckpt, p, ctx)
     model = model_from_checkpoint(ckpt)
+    check_layer_patterns(model, p.include, p.exclude, p.overrides, p.block)
     layers = compressible_layers(model, p.include, p.exclude)
     if not layers:
         raise UserError("no layer matched: check include/exclude patterns")
@@ -155,6 +156,7 @@ def structured_stage(ckpt, p: PruneParams, ctx: Context) -> StageOutput:
     if ckpt.get("masks") or ckpt.get("quant"):
         raise UserError("structured pruning goes first: run it on a checkpoint without masks or quantizers, then prune or quantize the result")
     model = model_from_checkpoint(ckpt)
+    check_layer_patterns(model, p.include, p.exclude)
     x = _example_inputs(ckpt)
     loss = _taylor_loss(ckpt, ctx) if p.importance == "taylor" else None
     kw = dict(unit=p.structured, importance=p.importance, scope=p.scope, include=p.include, exclude=p.exclude, loss_fn=loss)

@@ -32,6 +32,9 @@ class TrainParams:
 
     def __post_init__(self):
         _check_common(self)
+        if self.epochs == 0:
+            raise UserError("epochs must be at least 1 for train (0 would write an untrained model); "
+                            "to compress a model you already have, start from its checkpoint")
 
 
 @dataclass
