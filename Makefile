@@ -21,7 +21,7 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(VENV)/bin/dnncompress run configs/demo.yaml output_dir=$(RUN_DIR) stages.1.prune.plot=$(RUN_DIR)/sensitivity.png stages.5.pack.output=$(RUN_DIR)/model.dnc
-	$(VENV)/bin/dnncompress report $(RUN_DIR)/model.dnc --plot $(RUN_DIR)/sizes.png
+	$(VENV)/bin/dnncompress report $(RUN_DIR)/model.dnc --plot $(RUN_DIR)/sizes.png --html $(RUN_DIR)/report.html --history $(RUN_DIR)/04-finetune.pt
 
 test: setup
 	$(PY) -m pytest tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 1; fi; exit $$rc

@@ -15,7 +15,7 @@ from .charts import PARTS, history_figure, is_fp32, layer_figure, sensitivity_fi
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;margin:24px auto;max-width:1180px;
 color:#1d2330;background:#fff;padding:0 16px;line-height:1.4}
-h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #dde;padding-bottom:4px}
+h1{font-size:22px;margin:0 0 4px}h3{font-size:14px;margin:18px 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #dde;padding-bottom:4px}
 .sub{color:#556;font-size:13px}.cards{display:flex;flex-wrap:wrap;gap:10px;margin:14px 0}
 .card{border:1px solid #dde;border-radius:6px;padding:8px 14px;min-width:120px;background:#f7f8fb}
 .card b{display:block;font-size:20px}.card span{font-size:12px;color:#556}

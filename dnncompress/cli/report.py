@@ -56,6 +56,9 @@ def report(target, entropy, plot, html_path, history_from, arch, trust, json_out
         refuse_input(html_path, [path, history_from], "--html")
         if not html_path.lower().endswith((".html", ".htm")):
             raise UserError(f"--html {html_path}: name a .html file")
+    if history_from and (str(history_from).endswith(".dnc") or sniff(history_from) == "packed"):
+        raise UserError(f"--history {history_from} is a packed .dnc, which keeps no stage history; "
+                        "--history takes the checkpoint it was packed from (.pt)")
     history, source = None, None
     if path.suffix == ".dnc" or sniff(path) == "packed":
         rep = report_packed(path, arch=arch, trust=trust)
