@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
+# e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu: the CPU-only wheels, without the CUDA libraries
+TORCH_INDEX ?=
 RUN_DIR ?= runs/demo
 
 .PHONY: setup demo test bench lint clean
@@ -13,7 +15,7 @@ $(PY):
 
 # torch first from the plain index (an already installed torch >= 2.4 is kept), then the package.
 $(VENV)/.installed: $(PY) pyproject.toml
-	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q --no-cache-dir $(TORCH_PIN)
+	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q --no-cache-dir $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH_PIN)
 	$(PY) -m pip install -q --no-cache-dir -e ".[dev]"
 	touch $@
 

@@ -23,7 +23,7 @@ h1{font-size:22px;margin:0 0 4px}h3{font-size:14px;margin:18px 0 4px}h2{font-siz
 .bar div{height:100%}.legend{font-size:12px;color:#334}.legend i{display:inline-block;width:11px;height:11px;margin:0 4px 0 12px;
 vertical-align:-1px}table{border-collapse:collapse;font-size:12.5px;width:100%}
 th,td{padding:3px 7px;border-bottom:1px solid #e6e8ef;text-align:right;white-space:nowrap}
-th{position:sticky;top:0;background:#eef1f7;text-align:right}td.l,th.l{text-align:left}tr.fp td{color:#667;background:#fafafa}
+th{position:sticky;top:0;background:#eef1f7;text-align:right}td.l,th.l{text-align:left}tr.fp td{color:#667;background:#fafafa}td.cfg{white-space:normal;text-align:left;word-break:break-word}
 tr.total td{font-weight:bold;border-top:2px solid #99a}.scroll{max-height:640px;overflow:auto;border:1px solid #e6e8ef}
 svg{max-width:100%;height:auto}.note{font-size:13px;color:#556}.warn{color:#a33}code{font-size:12px}
 """
@@ -105,7 +105,7 @@ def _history_section(history: list | None, source: str | None) -> str:
         sp = f"{100 * r['sparsity']:.1f} %" if isinstance(r["sparsity"], (int, float)) else ""
         size = f"{r['bytes']:,}" if isinstance(r["bytes"], int) else ""
         note = f'<br><span class="warn">{_e(r["note"])}</span>' if r["note"] else ""
-        trs.append(f'<tr><td>{i}</td><td class="l">{_e(r["stage"])}</td><td class="l"><code>{_e(r["config"])}</code>{note}</td>'
+        trs.append(f'<tr><td>{i}</td><td class="l">{_e(r["stage"])}</td><td class="cfg"><code>{_e(r["config"])}</code>{note}</td>'
                    f"<td>{acc}</td><td>{sp}</td><td>{size}</td></tr>")
     out = f'<p class="note">From {_e(source)}.</p>' if source else ""
     measured = [r for r in rows if r["accuracy"] is not None]

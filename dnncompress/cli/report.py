@@ -7,7 +7,7 @@ import click
 
 from .common import help_text, input_options, jsonable, load_input, resolve_input, stdout_console, with_options
 
-EXAMPLE = "dnncompress report model.dnc --plot sizes.png --html report.html --history model.pt"
+EXAMPLE = "dnncompress report model.dnc --plot sizes.png --html report.html --history q.pt"
 
 
 def print_report(rep: dict) -> None:
