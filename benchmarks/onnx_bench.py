@@ -27,13 +27,13 @@ from dnncompress.train import TrainSettings, evaluate, seed_everything, train
 CMD = "python benchmarks/onnx_bench.py"
 
 
-def onnx_accuracy(path, loader) -> float:
+def onnx_accuracy(path, dataset) -> float:
     import onnxruntime as ort
 
     s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = s.get_inputs()[0].name
     right = total = 0
-    for x, y in loader:
+    for x, y in torch.utils.data.DataLoader(dataset, batch_size=256):
         got = s.run(None, {name: x.numpy()})[0].argmax(1)
         right += int((torch.from_numpy(got) == y).sum())
         total += len(y)
@@ -93,7 +93,7 @@ def main():
             train(m, data.train, qat)
             rows.append(row(name, m.eval(), "lenet5", (1, 28, 28), d, data))
         m = copy.deepcopy(base).eval()
-        structured_prune(m, next(iter(data.train))[0][:8], unit="channel", amount=0.5)
+        structured_prune(m, data.train[:8][0], unit="channel", amount=0.5)
         dnncompress.quantize(m, scheme="fourval")
         train(m, data.train, qat)
         rows.append(row("LeNet-5 50 % channels removed + fourval", m.eval(), "lenet5", (1, 28, 28), d, data))

@@ -125,3 +125,36 @@ def test_the_licence_is_an_spdx_string_so_setuptools_does_not_warn():
 
     meta = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
     assert isinstance(meta["license"], str) and not any(c.startswith("License ::") for c in meta.get("classifiers", []))
+
+
+def test_each_stage_gets_its_own_bar_and_result_lines_stay_off_the_bars(monkeypatch):
+    """The events a `run` sends (training steps, a sensitivity scan, a second training stage) in a real
+    terminal: one bar per stage and kind of work, and a result line printed between them starts its own line."""
+    import io
+    import re
+
+    from rich.console import Console
+
+    from dnncompress.cli import common
+
+    buf = io.StringIO()
+    monkeypatch.setattr(common, "stderr_console", lambda: Console(file=buf, force_terminal=True, width=100))
+    with common.ProgressBar("run") as bar:
+        bar({"kind": "start", "total": 3, "stage": "train"})
+        for _ in range(3):
+            bar({"kind": "step", "epoch": 1, "loss": 0.5, "accuracy": 90.0, "stage": "train"})
+        common.echo("[0] train: wrote a.pt — test accuracy 97.00%")
+        bar({"kind": "scan", "done": 1, "total": 2, "info": "fc1 @ 0.5", "stage": "prune"})
+        bar({"kind": "scan", "done": 2, "total": 2, "info": "fc1 @ 0.9", "stage": "prune"})
+        bar({"kind": "start", "total": 2, "stage": "finetune"})
+        bar({"kind": "step", "epoch": 1, "loss": 0.4, "accuracy": 91.0, "stage": "finetune"})
+        bar({"kind": "start", "total": 2, "stage": "finetune"})  # a second fine-tune: a bar of its own
+        labels = [t.description for t in bar.progress.tasks]
+        done = [(t.completed, t.total) for t in bar.progress.tasks]
+    assert labels == ["train", "prune scan", "finetune", "finetune (2)"]  # the scan has its own bar; no single 'run' bar
+    assert done == [(3, 3), (2, 2), (1, 2), (0, 2)]
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buf.getvalue())
+    lines = [seg for line in text.split("\n") for seg in line.split("\r")]
+    result = [line for line in lines if "[0] train: wrote" in line]
+    assert result and all(line.startswith("[0] train: wrote") and "━" not in line for line in result), result
+    assert common.ProgressBar.active is None  # after the run, lines print plainly again

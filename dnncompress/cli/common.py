@@ -148,7 +148,11 @@ class ProgressBar:
     def _task(self, event: dict, work: str, total: int, done: int = 0, fresh: bool = False) -> int:
         key = (event.get("stage"), work)
         if fresh or key not in self.tasks:
-            self.tasks[key] = self.progress.add_task(self._label(event, work), total=total, completed=done, info="")
+            label = self._label(event, work)
+            used = [t.description for t in self.progress.tasks]
+            if label in used:  # a stage that runs twice (two fine-tunes): its second bar says so
+                label = f"{label} ({sum(1 for u in used if u == label or u.startswith(label + ' (')) + 1})"
+            self.tasks[key] = self.progress.add_task(label, total=total, completed=done, info="")
         return self.tasks[key]
 
     def __call__(self, event: dict) -> None:
