@@ -7,7 +7,7 @@ TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 TORCH_INDEX ?=
 RUN_DIR ?= runs/demo
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench bench-quick lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: setup
 bench: setup
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/run_all.py
+
+# issue 14's guard (a few minutes, not part of `make test`): QAT and packing speed against their baselines
+bench-quick: setup
+	$(PY) benchmarks/quick_bench.py
 
 lint: setup
 	$(VENV)/bin/ruff check dnncompress tests benchmarks

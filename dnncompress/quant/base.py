@@ -31,6 +31,7 @@ import torch.nn as nn
 
 from ..errors import UserError
 from ..registry import Registry
+from .fastcode import count_below
 from .rotation import rotate, unrotate
 
 
@@ -270,8 +271,9 @@ class ScalarQuantizer(Quantizer):
         self.thresholds = thresholds.float().contiguous()
 
     def encode(self, w: torch.Tensor) -> torch.Tensor:
-        rows = w.detach().reshape(self.levels.shape[0], -1).float().contiguous()
-        return torch.searchsorted(self.thresholds, rows).reshape(w.shape)
+        """searchsorted's codes (thresholds strictly below each weight), computed the fast way (fastcode.py)."""
+        rows = w.detach().reshape(self.levels.shape[0], -1).float()
+        return count_below(rows, self.thresholds).reshape(w.shape)
 
     def decode(self, codes: torch.Tensor, shape=None) -> torch.Tensor:
         c = self.levels.shape[0]
@@ -361,12 +363,15 @@ class ScalarQuantizer(Quantizer):
             n = int(counts.sum())
             c = codes[done : done + n].long()
             done += n
-            row_ids = torch.repeat_interleave(torch.arange(r0, r0 + counts.numel()), counts)
-            values = levels[row_ids, c]
-            if block is None:
-                out[r0 : r0 + counts.numel()] = values.reshape(-1, row_len)
+            r1 = r0 + counts.numel()
+            if block is None:  # every weight kept: one gather per row of the table, straight into place
+                torch.gather(levels[r0:r1] if rows > 1 else levels.expand(r1 - r0, -1), 1, c.reshape(-1, row_len), out=out[r0:r1])
+                continue
+            if rows == 1:  # one table: no row ids needed
+                values = levels[0].take(c)
             else:
-                out[r0 : r0 + counts.numel()][block] = values
+                values = levels[torch.repeat_interleave(torch.arange(r0, r1), counts), c]
+            out[r0:r1][block] = values
         return self.from_frame(out.reshape(shape))
 
     @torch.no_grad()

@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError
-from .base import SCHEMES, ScalarQuantizer, check_table, midpoints
+from .base import SCHEMES, ScalarQuantizer, StraightThrough, check_table, midpoints
+from .fastcode import count_below
 from .kmeans import kmeans_1d, lloyd_sorted
 
 
@@ -110,8 +111,11 @@ class Codebook(ScalarQuantizer):
         if self.per_channel:
             return super().encode(w)
         ordered, order = torch.sort(self.levels.detach(), dim=1)
-        rows = w.detach().reshape(1, -1).float().contiguous()
-        return order[0][torch.searchsorted(midpoints(ordered).contiguous(), rows)].reshape(w.shape)
+        rows = w.detach().reshape(1, -1).float()
+        codes = count_below(rows, midpoints(ordered))
+        if not bool((order[0] == torch.arange(order.shape[1], device=order.device)).all()):  # trained values crossed
+            codes = order.gather(1, codes)
+        return codes.reshape(w.shape)
 
     def _shape_grad(self, grad: torch.Tensor) -> torch.Tensor:
         """Dynamic codebook gradient: keep the zero fixed; 'mean' divides by the assignment counts of the
@@ -138,6 +142,8 @@ class Codebook(ScalarQuantizer):
         q = self.decode(codes, w.shape).to(w.dtype)
         if mask is not None:
             q = q * mask
+        if not isinstance(self.levels, nn.Parameter):  # static: no gradient to the values, one STE node
+            return StraightThrough.apply(w, q)
         return q + (w - w.detach())
 
     def on_step(self, step: int, total: int) -> None:
