@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from ..errors import UserError
 from ..registry import Registry
-from .fastcode import count_below
+from .fastcode import as_bytes, count_below
 from .rotation import rotate, unrotate
 
 
@@ -299,7 +299,7 @@ class ScalarQuantizer(Quantizer):
                 self._store(*fitted)
         q = self.decode(self.encode(w), w.shape).to(w.dtype)
         if mask is not None:
-            q = q * mask
+            q = q * as_bytes(mask)
         return StraightThrough.apply(w, q)
 
     # ------------------------------------------------------------------ checkpoint form

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from ..errors import UserError
 from .base import SCHEMES, ScalarQuantizer, StraightThrough, check_table, midpoints
-from .fastcode import count_below
+from .fastcode import as_bytes, count_below
 from .kmeans import kmeans_1d, lloyd_sorted
 
 
@@ -141,7 +141,7 @@ class Codebook(ScalarQuantizer):
             self._last_rows = (w.detach(), mask)
         q = self.decode(codes, w.shape).to(w.dtype)
         if mask is not None:
-            q = q * mask
+            q = q * as_bytes(mask)
         if not isinstance(self.levels, nn.Parameter):  # static: no gradient to the values, one STE node
             return StraightThrough.apply(w, q)
         return q + (w - w.detach())

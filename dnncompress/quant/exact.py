@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from .fastcode import as_bytes
+
 
 def _sorted_prefix(mags: torch.Tensor, valid: torch.Tensor):
     a = torch.where(valid, mags, torch.zeros_like(mags)).double()
@@ -44,19 +46,20 @@ def ternary_alpha(mags: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 def fourval_refine(mags: torch.Tensor, valid: torch.Tensor, alpha: torch.Tensor, iters: int = 2) -> torch.Tensor:
     """O(n) alternating update from a warm start: q from the 1.5α threshold, then α = Σ|w||q| / Σq²."""
-    a = torch.where(valid, mags, torch.zeros_like(mags))
+    a = mags * as_bytes(valid)  # pruned entries count as zeros (uint8 arithmetic: fastcode.as_bytes)
     n = valid.sum(1, keepdim=True).float()
     total = a.sum(1, keepdim=True)
     for _ in range(iters):
         big = a > 1.5 * alpha
-        alpha = (total + (a * big).sum(1, keepdim=True)) / (n + 3 * big.sum(1, keepdim=True)).clamp_min(1)
+        alpha = (total + (a * as_bytes(big)).sum(1, keepdim=True)) / (n + 3 * big.sum(1, keepdim=True)).clamp_min(1)
     return alpha
 
 
 def ternary_refine(mags: torch.Tensor, valid: torch.Tensor, alpha: torch.Tensor, iters: int = 2) -> torch.Tensor:
     """O(n) alternating update: threshold α/2, then α = mean of the magnitudes above it."""
-    a = torch.where(valid, mags, torch.zeros_like(mags))
+    a = mags * as_bytes(valid)
     for _ in range(iters):
         big = a > alpha / 2
-        alpha = torch.where(big.any(1, keepdim=True), (a * big).sum(1, keepdim=True) / big.sum(1, keepdim=True).clamp_min(1), alpha)
+        count = big.sum(1, keepdim=True)
+        alpha = torch.where(count > 0, (a * as_bytes(big)).sum(1, keepdim=True) / count.clamp_min(1), alpha)
     return alpha

@@ -5,6 +5,7 @@ import torch
 
 from .base import SCHEMES, ScalarQuantizer, StraightThrough, check_table
 from .exact import fourval_alpha
+from .fastcode import as_bytes
 
 
 def _table(alpha: torch.Tensor):
@@ -52,11 +53,11 @@ class FourValue(ScalarQuantizer):
                 big = a > self.thresholds[:, 2:3]
                 n = mask.reshape(c, -1).sum(1, keepdim=True, dtype=torch.float32) if mask is not None else float(rows.shape[1])
                 k = big.sum(1, keepdim=True, dtype=torch.float32)
-                s_big = (a * big).sum(1, keepdim=True)
+                s_big = (a * as_bytes(big)).sum(1, keepdim=True)
                 self._store(*_table((a.sum(1, keepdim=True) + s_big) / (n + 3 * k).clamp_min(1)))
         with torch.no_grad():
             pos, big = self._sign_and_big(rows, a)
-            q = (pos.to(rows.dtype) * 2 - 1).mul_(big.to(rows.dtype).add_(1)).mul_(self.levels[:, 2:3]).reshape(w.shape)
+            q = (as_bytes(pos).to(rows.dtype) * 2 - 1).mul_(as_bytes(big).to(rows.dtype).add_(1)).mul_(self.levels[:, 2:3]).reshape(w.shape)
             if mask is not None:
-                q.mul_(mask)
+                q.mul_(as_bytes(mask))
         return StraightThrough.apply(w, q)

@@ -6,6 +6,7 @@ import torch
 from ..errors import UserError
 from .base import SCHEMES, ScalarQuantizer, StraightThrough, check_table
 from .exact import ternary_alpha, ternary_refine
+from .fastcode import as_bytes
 
 
 def _table(alpha: torch.Tensor, delta: torch.Tensor):
@@ -16,11 +17,11 @@ def _table(alpha: torch.Tensor, delta: torch.Tensor):
 
 def twn_fit(rows: torch.Tensor, valid: torch.Tensor):
     """Li & Liu's rule: Δ = 0.7·mean|w|, α = mean of |w| above Δ."""
-    a = torch.where(valid, rows.abs(), torch.zeros_like(rows))
+    a = rows.abs() * as_bytes(valid)
     n = valid.sum(1, keepdim=True).clamp_min(1)
     delta = 0.7 * a.sum(1, keepdim=True) / n
     big = a > delta
-    alpha = (a * big).sum(1, keepdim=True) / big.sum(1, keepdim=True).clamp_min(1)
+    alpha = (a * as_bytes(big)).sum(1, keepdim=True) / big.sum(1, keepdim=True).clamp_min(1)
     return alpha, delta
 
 
@@ -72,9 +73,9 @@ class Ternary(ScalarQuantizer):
                 valid = mask.reshape(c, -1).to(torch.bool) if mask is not None else torch.ones_like(rows, dtype=torch.bool)
                 self._store(*self._refine(rows, valid))
             neg, pos = self.levels[:, 0:1], self.levels[:, 2:3]
-            q = (rows > self.thresholds[:, 1:2]).to(rows.dtype).mul_(pos)
-            q += (rows <= self.thresholds[:, 0:1]).to(rows.dtype).mul_(neg)
+            q = as_bytes(rows > self.thresholds[:, 1:2]).to(rows.dtype).mul_(pos)
+            q += as_bytes(rows <= self.thresholds[:, 0:1]).to(rows.dtype).mul_(neg)
             q = q.reshape(w.shape).to(w.dtype)
             if mask is not None:
-                q.mul_(mask)
+                q.mul_(as_bytes(mask))
         return StraightThrough.apply(w, q)
