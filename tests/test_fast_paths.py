@@ -113,3 +113,21 @@ def test_ternary_fast_path_keeps_the_straight_through_gradient():
     out.backward(torch.ones_like(out))
     assert torch.equal(w.grad, torch.ones_like(w))  # STE: the gradient passes unchanged
     assert torch.equal(out.detach(), ScalarQuantizer.fake_quantize(reference_qz, w.detach()).detach())  # the generic path
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_compiled_bit_packing_equals_numpy(bits, monkeypatch):
+    """numba's kernels (3/5/6/7 bits) write and read the very bitstream the numpy kernels do."""
+    import numpy as np
+
+    from dnncompress.pack import bitpack
+
+    if bits in (3, 5, 6, 7) and bitpack.compiled() is None:
+        pytest.skip("numba not installed: pip install 'dnncompress[fast]'")
+    n = bitpack.COMPILED_FROM + 13  # not a multiple of 8: the last group is padded
+    codes = np.random.default_rng(bits).integers(0, 1 << bits, n).astype(np.uint8)
+    fast = bitpack.pack(codes, bits)
+    fast_back = bitpack.unpack(fast, bits, n)
+    monkeypatch.setattr(bitpack, "USE_COMPILED", False)  # the numpy reference
+    slow = bitpack.pack(codes, bits)
+    assert np.array_equal(fast, slow) and np.array_equal(fast_back, codes) and np.array_equal(bitpack.unpack(slow, bits, n), codes)

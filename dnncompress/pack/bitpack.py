@@ -7,7 +7,26 @@ Codes straddle words when b does not divide 32 (3, 5, 6, 7 bits).
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
+
+COMPILED_FROM = 1 << 16  # codes; below this the numpy kernels win (and numba is not even imported)
+USE_COMPILED = True  # the tests turn it off to compare with the numpy reference
+
+
+@functools.cache
+def _load_kernels():
+    try:
+        from . import _bitpack_numba
+    except ImportError:
+        return None
+    return _bitpack_numba
+
+
+def compiled():
+    """numba's byte kernels for 3/5/6/7 bits, or None when numba is not installed (or turned off)."""
+    return _load_kernels() if USE_COMPILED else None
 
 
 def words_needed(n: int, bits: int) -> int:
@@ -36,6 +55,11 @@ def _to_bytes(codes: np.ndarray, bits: int) -> np.ndarray:
     # 3, 5, 6, 7 bits: 8 codes (one uint64) → b bytes
     padded = np.zeros(-(-n // 8) * 8, dtype=np.uint8)
     padded[:n] = codes
+    kernels = compiled() if n >= COMPILED_FROM else None
+    if kernels is not None:
+        out = np.empty(padded.size // 8 * bits, dtype=np.uint8)
+        kernels.to_bytes(padded, bits, out)
+        return out
     v = padded.view("<u8")
     acc = v & np.uint64(0xFF)
     for i in range(1, 8):
@@ -56,10 +80,15 @@ def _from_bytes(data: np.ndarray, bits: int, n: int) -> np.ndarray:
             out[:, j] = (data >> (bits * j)) & mask
         return out.ravel()[:n]
     groups = -(-n // 8)
-    raw = np.zeros((groups, 8), dtype=np.uint8)
     avail = data[: groups * bits]
     chunk = np.zeros(groups * bits, dtype=np.uint8)
     chunk[: avail.size] = avail
+    kernels = compiled() if n >= COMPILED_FROM else None
+    if kernels is not None:
+        out = np.empty(groups * 8, dtype=np.uint8)
+        kernels.from_bytes(chunk, bits, out)
+        return out[:n]
+    raw = np.zeros((groups, 8), dtype=np.uint8)
     raw[:, :bits] = chunk.reshape(groups, bits)
     v = raw.view("<u8").ravel()
     mask = np.uint64((1 << bits) - 1)
