@@ -169,11 +169,11 @@ def _quantize_column(q: ScalarQuantizer, col: torch.Tensor, j: int, n: int) -> t
     c = col.reshape(-1, 1).float()
     rows = q.levels.shape[0]
     if rows in (1, c.shape[0]):
-        return q.decode(q.encode(c), c.shape).reshape(col.shape).to(col.dtype)
+        return q.decode(q.encode_bytes(c), c.shape).reshape(col.shape).to(col.dtype)
     per_row = rows // c.shape[0]  # groups per row
     pick = torch.arange(c.shape[0], device=c.device) * per_row + j // (n // per_row)
     with _narrowed(q, pick):  # the scheme's encode/decode on the column's own rows of the table
-        return q.decode(q.encode(c), c.shape).reshape(col.shape).to(col.dtype)
+        return q.decode(q.encode_bytes(c), c.shape).reshape(col.shape).to(col.dtype)
 
 
 @torch.no_grad()

@@ -24,8 +24,10 @@ def _pid_alive(pid: int) -> bool:
 def clean_stale_temps(target: Path) -> int:
     """Remove temp files that a killed run left beside `target` (their writer's pid is gone)."""
     removed = 0
-    try:
-        candidates = list(target.parent.glob(f".{glob_escape(target.name)}.*.tmp"))
+    prefix = f".{target.name}."
+    try:  # scandir and a prefix test: a glob compiles a pattern per call, a millisecond of a fast pack
+        with os.scandir(target.parent) as entries:
+            candidates = [Path(e.path) for e in entries if e.name.startswith(prefix) and e.name.endswith(".tmp")]
     except OSError:
         return 0
     for tmp in candidates:
@@ -37,10 +39,6 @@ def clean_stale_temps(target: Path) -> int:
             except OSError:
                 pass
     return removed
-
-
-def glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def _umask() -> int:

@@ -117,17 +117,106 @@ def test_ternary_fast_path_keeps_the_straight_through_gradient():
 
 @pytest.mark.parametrize("bits", range(1, 9))
 def test_compiled_bit_packing_equals_numpy(bits, monkeypatch):
-    """numba's kernels (3/5/6/7 bits) write and read the very bitstream the numpy kernels do."""
+    """numba's kernels write and read the very bitstream the numpy kernels do, tails included."""
     import numpy as np
 
     from dnncompress.pack import bitpack
 
-    if bits in (3, 5, 6, 7) and bitpack.compiled() is None:
+    if bitpack.compiled(bitpack.COMPILED_FROM) is None:
         pytest.skip("numba not installed: pip install 'dnncompress[fast]'")
-    n = bitpack.COMPILED_FROM + 13  # not a multiple of 8: the last group is padded
-    codes = np.random.default_rng(bits).integers(0, 1 << bits, n).astype(np.uint8)
-    fast = bitpack.pack(codes, bits)
-    fast_back = bitpack.unpack(fast, bits, n)
-    monkeypatch.setattr(bitpack, "USE_COMPILED", False)  # the numpy reference
-    slow = bitpack.pack(codes, bits)
-    assert np.array_equal(fast, slow) and np.array_equal(fast_back, codes) and np.array_equal(bitpack.unpack(slow, bits, n), codes)
+    for n in (bitpack.COMPILED_FROM, bitpack.COMPILED_FROM + 13, 8 * 8192 * 3 + 7):  # whole and partial groups and blocks
+        codes = np.random.default_rng(bits + n).integers(0, 1 << bits, n).astype(np.uint8)
+        fast = bitpack.pack(codes, bits)
+        fast_back = bitpack.unpack(fast, bits, n)
+        with monkeypatch.context() as m:
+            m.setattr(bitpack, "USE_COMPILED", False)  # the numpy reference
+            slow = bitpack.pack(codes, bits)
+            slow_back = bitpack.unpack(slow, bits, n)
+        assert np.array_equal(fast, slow) and np.array_equal(fast_back, codes) and np.array_equal(slow_back, codes), n
+
+
+needs_numba = pytest.mark.skipif(__import__("importlib").util.find_spec("numba") is None,
+                                 reason="numba not installed: pip install 'dnncompress[fast]'")
+
+
+@needs_numba
+@pytest.mark.parametrize("t, per_row, spacing", [(1, True, "random"), (2, False, "random"), (3, True, "random"), (3, False, "random"),
+                                                 (7, True, "random"), (15, False, "near-duplicate"), (15, True, "random"),
+                                                 (63, False, "random"), (255, False, "uniform"), (31, True, "random")])
+def test_compiled_codes_are_searchsorted(t, per_row, spacing):
+    """The compiled counts (3 comparisons, passes, grid) give searchsorted's codes at the thresholds,
+    beside them, at ±0 and far out, for per-row and shared tables."""
+    from dnncompress.quant import fastcode
+
+    g = torch.Generator().manual_seed(t)
+    rows = 48 if per_row else 1
+    th = torch.sort(torch.randn(rows, t, generator=g) * 0.05, dim=1).values
+    if spacing == "uniform":
+        th = torch.linspace(-1, 1, t).unsqueeze(0) * 0.05
+    if spacing == "near-duplicate":
+        th[:, 1] = th[:, 0].nextafter(torch.ones(rows))
+    v = torch.cat([tricky_values(th[r], (fastcode.COMPILED_FROM * 2) // rows, r) for r in range(rows)])
+    assert v.numel() >= fastcode.COMPILED_FROM and fastcode.compiled(v.numel(), v, th) is not None
+    assert torch.equal(count_below(v, th), torch.searchsorted(th, v))
+
+
+def _with_and_without_compiled(monkeypatch, fn):
+    from dnncompress.pack import bitpack
+    from dnncompress.quant import fastcode
+
+    fast = fn()
+    with monkeypatch.context() as m:
+        m.setattr(fastcode, "USE_COMPILED", False)
+        m.setattr(bitpack, "USE_COMPILED", False)
+        slow = fn()
+    return fast, slow
+
+
+@needs_numba
+@pytest.mark.parametrize("scheme, bits, options", SCHEMES, ids=str)
+@pytest.mark.parametrize("pruned", [False, True])
+def test_compiled_storage_equals_torch(scheme, bits, options, pruned, monkeypatch):
+    """Large layers (the compiled kernels run): the same codes, fake-quantized weights and decoded storage
+    as the torch paths, bit for bit; weights on the thresholds and at ±0 included."""
+    g = torch.Generator().manual_seed(bits + 100)
+    w = torch.randn(64, 1024, generator=g) * 0.05
+    mask = (torch.rand(w.shape, generator=g) > 0.4) if pruned else None
+    qz = make_quantizer(scheme, bits=bits, **options).fit(w * mask if pruned else w, mask)
+    if isinstance(qz, ScalarQuantizer):  # put weights exactly on the thresholds, and -0.0
+        th = qz.thresholds.expand(qz.levels.shape[0], -1) if qz.thresholds.shape[0] == 1 else qz.thresholds
+        rows = w.reshape(th.shape[0], -1)
+        rows[:, : th.shape[1]] = th
+        rows[:, th.shape[1]] = -0.0
+    wm = w * mask if pruned else w
+    qz.eval()
+
+    def run():
+        st = qz.storage(wm, mask)
+        return st.codes.clone(), qz(wm, mask).detach(), qz.decode_storage(st.codes, tuple(w.shape), mask)
+
+    (fc, fq, fd), (sc, sq, sd) = _with_and_without_compiled(monkeypatch, run)
+    assert torch.equal(fc, sc) and torch.equal(fq, sq) and torch.equal(fd, sd), (scheme, bits, options)
+    assert torch.equal(fd, fq)
+
+
+@needs_numba
+def test_compiled_decode_refuses_bad_codes():
+    from dnncompress.quant import fastcode
+
+    levels = torch.randn(8, 4)
+    codes = torch.randint(0, 4, (8, fastcode.COMPILED_FROM // 8), dtype=torch.uint8)
+    assert torch.equal(fastcode.gather_levels(levels, codes), torch.gather(levels, 1, codes.long()))
+    codes[3, 5] = 4
+    with pytest.raises(ValueError, match="out of range"):
+        fastcode.gather_levels(levels, codes)
+    keep = torch.rand(8, fastcode.COMPILED_FROM // 8) > 0.5
+    kept = torch.randint(0, 4, (int(keep.sum()),), dtype=torch.uint8)
+    dense = fastcode.scatter_levels(levels, kept, keep)
+    want = torch.zeros(keep.shape)
+    want[keep] = levels[torch.arange(8).unsqueeze(1).expand_as(keep)[keep], kept.long()]
+    assert torch.equal(dense, want)
+    with pytest.raises(ValueError, match="count"):
+        fastcode.scatter_levels(levels, kept[:-1], keep)
+    kept[0] = 9
+    with pytest.raises(ValueError, match="out of range"):
+        fastcode.scatter_levels(levels, kept, keep)

@@ -123,5 +123,5 @@ def test_dynamic_codebook_mean_gradient_ignores_pruned_weights():
     layer.train()
     layer.weight.sum().backward()
     mask = compression_of(layer).mask.bool()
-    used = torch.unique(q._last_codes[mask])
+    used = torch.unique(q._last_codes[mask]).long()  # codes are bytes: a uint8 index would be a mask
     assert torch.allclose(q.levels.grad[0, used], torch.ones(len(used)))

@@ -1,36 +1,96 @@
-"""bitpack's byte kernels for 3, 5, 6 and 7 bits, compiled by numba (imported only when numba is installed;
-bitpack.py keeps the numpy version as the fallback and as the reference the tests compare with).
+"""bitpack's kernels compiled by numba (imported only when numba is installed; bitpack.py keeps the numpy
+version as the fallback and as the reference the tests compare with).
 
-The same bitstream: 8 codes form one 64-bit group, code k of the group at bits b·k, written as b bytes.
-numpy needs 7 shift-and-or passes over the whole array for that; one compiled loop reads each code once."""
+The same bitstream for every width: 8 codes form one 64-bit group, code k of the group at bits b·k,
+written as b bytes; a last partial group is written with zero codes after the end, cut to the bytes the
+stream has. numpy needs a shift-and-or pass per code of a group over the whole array; one compiled loop
+reads each code once and writes the packed words in place, in parallel blocks of groups."""
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
+
+GROUPS = 1 << 13  # groups of 8 codes per parallel work item
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
+def _group(codes, start, stop, bits):  # pragma: no cover - compiled
+    v = np.uint64(0)
+    for k in range(stop - start):
+        v |= np.uint64(codes[start + k]) << np.uint64(bits * k)
+    return v
+
+
+@njit(cache=True, parallel=True)
 def to_bytes(codes, bits, out):  # pragma: no cover - compiled
-    """codes (uint8, padded to a multiple of 8) → out (uint8, len(codes) // 8 * bits)."""
-    groups = codes.size // 8
-    for g in range(groups):
-        v = np.uint64(0)
-        for k in range(8):
-            v |= np.uint64(codes[8 * g + k]) << np.uint64(bits * k)
-        base = g * bits
-        for j in range(bits):
+    """codes (uint8, any length n) → out (uint8, at least ceil(n·bits / 8) bytes; the rest is left alone)."""
+    n = codes.size
+    if bits == 2 or bits == 4:  # whole codes per byte: fold a 4- (2-) code word into its byte
+        per = 8 // bits
+        whole = n // per
+        if bits == 2:
+            words = codes[: whole * 4].view(np.uint32)
+            for i in prange(whole):
+                v = words[i]
+                out[i] = np.uint8((v | (v >> 6) | (v >> 12) | (v >> 18)) & 0xFF)
+        else:
+            halves = codes[: whole * 2].view(np.uint16)
+            for i in prange(whole):
+                v = halves[i]
+                out[i] = np.uint8((v | (v >> 4)) & 0xFF)
+        if n > per * whole:
+            v = 0
+            for k in range(n - per * whole):
+                v |= np.int64(codes[per * whole + k]) << (bits * k)
+            out[whole] = np.uint8(v)
+        return
+    full = n // 8
+    for b in prange((full + GROUPS - 1) // GROUPS):
+        for g in range(b * GROUPS, min(full, (b + 1) * GROUPS)):
+            v = _group(codes, 8 * g, 8 * g + 8, bits)
+            base = g * bits
+            for j in range(bits):
+                out[base + j] = np.uint8((v >> np.uint64(8 * j)) & np.uint64(0xFF))
+    if n > 8 * full:  # the last, partial group: only the bytes its codes reach
+        v = _group(codes, 8 * full, n, bits)
+        base = full * bits
+        for j in range(((n - 8 * full) * bits + 7) // 8):
             out[base + j] = np.uint8((v >> np.uint64(8 * j)) & np.uint64(0xFF))
 
 
-@njit(cache=True)
-def from_bytes(data, bits, out):  # pragma: no cover - compiled
-    """data (uint8, len(out) // 8 * bits) → out (uint8 codes, padded to a multiple of 8)."""
-    groups = out.size // 8
+@njit(cache=True, parallel=True)
+def from_bytes(data, bits, n, out):  # pragma: no cover - compiled
+    """data (uint8, at least ceil(n·bits / 8) bytes) → out (uint8, n codes)."""
+    full = n // 8
     mask = np.uint64((1 << bits) - 1)
-    for g in range(groups):
-        base = g * bits
+    for b in prange((full + GROUPS - 1) // GROUPS):
+        for g in range(b * GROUPS, min(full, (b + 1) * GROUPS)):
+            base = g * bits
+            v = np.uint64(0)
+            for j in range(bits):
+                v |= np.uint64(data[base + j]) << np.uint64(8 * j)
+            for k in range(8):
+                out[8 * g + k] = np.uint8((v >> np.uint64(bits * k)) & mask)
+    if n > 8 * full:
+        base = full * bits
         v = np.uint64(0)
-        for j in range(bits):
+        for j in range(((n - 8 * full) * bits + 7) // 8):
             v |= np.uint64(data[base + j]) << np.uint64(8 * j)
-        for k in range(8):
-            out[8 * g + k] = np.uint8((v >> np.uint64(bits * k)) & mask)
+        for k in range(n - 8 * full):
+            out[8 * full + k] = np.uint8((v >> np.uint64(bits * k)) & mask)
+
+
+@njit(cache=True, parallel=True)
+def spread(data, bits, lanes):  # pragma: no cover - compiled
+    """2 or 4 bits: lanes[i] (uint32 for 2 bits, uint16 for 4) = the codes of byte data[i], one per byte
+    lane (a 256-entry table). The caller sizes lanes, views it as bytes and cuts it to n codes."""
+    per = 8 // bits
+    low = (1 << bits) - 1
+    table = np.zeros(256, dtype=lanes.dtype)
+    for v in range(256):
+        word = 0
+        for k in range(per):
+            word |= ((v >> (bits * k)) & low) << (8 * k)
+        table[v] = word
+    for i in prange(lanes.size):
+        lanes[i] = table[data[i]]

@@ -24,9 +24,10 @@ def _load_kernels():
     return _bitpack_numba
 
 
-def compiled():
-    """numba's byte kernels for 3/5/6/7 bits, or None when numba is not installed (or turned off)."""
-    return _load_kernels() if USE_COMPILED else None
+def compiled(n: int):
+    """numba's kernels for n codes (every width but 8, which is a copy), or None when numba is not
+    installed (or turned off), or n is too small for it to pay."""
+    return _load_kernels() if USE_COMPILED and n >= COMPILED_FROM else None
 
 
 def words_needed(n: int, bits: int) -> int:
@@ -55,11 +56,6 @@ def _to_bytes(codes: np.ndarray, bits: int) -> np.ndarray:
     # 3, 5, 6, 7 bits: 8 codes (one uint64) → b bytes
     padded = np.zeros(-(-n // 8) * 8, dtype=np.uint8)
     padded[:n] = codes
-    kernels = compiled() if n >= COMPILED_FROM else None
-    if kernels is not None:
-        out = np.empty(padded.size // 8 * bits, dtype=np.uint8)
-        kernels.to_bytes(padded, bits, out)
-        return out
     v = padded.view("<u8")
     acc = v & np.uint64(0xFF)
     for i in range(1, 8):
@@ -83,11 +79,6 @@ def _from_bytes(data: np.ndarray, bits: int, n: int) -> np.ndarray:
     avail = data[: groups * bits]
     chunk = np.zeros(groups * bits, dtype=np.uint8)
     chunk[: avail.size] = avail
-    kernels = compiled() if n >= COMPILED_FROM else None
-    if kernels is not None:
-        out = np.empty(groups * 8, dtype=np.uint8)
-        kernels.from_bytes(chunk, bits, out)
-        return out[:n]
     raw = np.zeros((groups, 8), dtype=np.uint8)
     raw[:, :bits] = chunk.reshape(groups, bits)
     v = raw.view("<u8").ravel()
@@ -103,8 +94,12 @@ def pack(codes: np.ndarray, bits: int) -> np.ndarray:
     if not 1 <= bits <= 8:
         raise ValueError(f"bits must be 1..8, got {bits}")
     codes = np.ascontiguousarray(codes, dtype=np.uint8).ravel()
-    data = _to_bytes(codes, bits)
     out = np.zeros(words_needed(codes.size, bits) * 4, dtype=np.uint8)
+    kernels = compiled(codes.size) if bits not in (1, 8) else None  # 1 bit: numpy's packbits is C already
+    if kernels is not None:  # straight into the words
+        kernels.to_bytes(codes, bits, out)
+        return out.view("<u4")
+    data = _to_bytes(codes, bits)
     out[: min(data.size, out.size)] = data[: out.size]
     return out.view("<u4")
 
@@ -116,4 +111,14 @@ def unpack(words: np.ndarray, bits: int, n: int) -> np.ndarray:
     words = np.ascontiguousarray(words, dtype="<u4").ravel()
     if words.size < words_needed(n, bits):
         raise ValueError("not enough words for the codes")
+    kernels = compiled(n) if bits not in (1, 8) else None
+    if kernels is not None and bits in (2, 4):
+        per = 8 // bits
+        lanes = np.empty(-(-n // per), dtype=np.uint32 if bits == 2 else np.uint16)
+        kernels.spread(words.view(np.uint8), bits, lanes)
+        return lanes.view(np.uint8)[:n]
+    if kernels is not None:
+        out = np.empty(n, dtype=np.uint8)
+        kernels.from_bytes(words.view(np.uint8), bits, n, out)
+        return out
     return _from_bytes(words.view(np.uint8), bits, n)

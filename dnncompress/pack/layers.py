@@ -236,7 +236,7 @@ def decode_layer(blobs: Blobs, spec: dict) -> tuple[torch.Tensor, torch.Tensor |
         bits, units = int(spec["cb"]), int(spec["nc"])
         if not 1 <= bits <= 8 or not 0 <= units <= numel:
             raise ValueError("bad code stream header")
-        codes = torch.from_numpy(_symbols_back(blobs, spec["c"], bits, units).astype(np.uint8))
+        codes = torch.from_numpy(_symbols_back(blobs, spec["c"], bits, units).astype(np.uint8, copy=False))
         return q.decode_storage(codes, tuple(shape), mask), mask, q.export_state()
     if spec["k"] != "m":
         raise ValueError(f"unknown layer kind {spec['k']!r}")

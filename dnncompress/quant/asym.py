@@ -67,10 +67,10 @@ class AsymQuaternary(ScalarQuantizer):
         a, pos, neg = _halves(rows, valid)
         return self._table(fourval_alpha(a, pos), fourval_alpha(a, neg))
 
-    def encode(self, w):
+    def encode_bytes(self, w):
         """Nearest level within the weight's half; an exact zero was fitted with the positive half, so it
         takes +αp (the threshold search alone would give it −αn)."""
-        codes = super().encode(w)
+        codes = super().encode_bytes(w)
         return torch.where(w.detach().reshape(codes.shape) == 0, torch.full_like(codes, 2), codes)
 
     def _refine(self, rows, valid):

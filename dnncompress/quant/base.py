@@ -16,7 +16,9 @@ scheme's file names that scheme's tables.
 Scalar schemes (`ScalarQuantizer`) hold a table of `levels` per row (C×L; C = output channels
 when per-channel, else 1) and ascending decision `thresholds` (C×(L−1)):
   encode(w) = searchsorted(thresholds, w), decode(c) = levels.gather(c),
-so decode(encode(w)) equals fake_quantize(w) bit for bit. They differ in how they fit the table
+so decode(encode(w)) equals fake_quantize(w) bit for bit. `encode` gives int64 codes (safe to index
+and compare with); inside, schemes compute `encode_bytes` (uint8: a scheme stores at most 8 bits, and
+bytes are 8× less memory traffic than int64 on the pack and QAT paths). They differ in how they fit the table
 (`_fit`), the cheap per-step QAT update (`_refine`) and which few numbers define it (`_tables`,
 `_from_tables`: four-value stores one α per row, not 7 floats).
 """
@@ -31,7 +33,7 @@ import torch.nn as nn
 
 from ..errors import UserError
 from ..registry import Registry
-from .fastcode import as_bytes, count_below
+from .fastcode import as_bytes, count_below, gather_levels, scatter_levels
 from .rotation import rotate, unrotate
 
 
@@ -271,13 +273,17 @@ class ScalarQuantizer(Quantizer):
         self.thresholds = thresholds.float().contiguous()
 
     def encode(self, w: torch.Tensor) -> torch.Tensor:
-        """searchsorted's codes (thresholds strictly below each weight), computed the fast way (fastcode.py)."""
+        """int64 codes shaped like w; subclasses define encode_bytes."""
+        return self.encode_bytes(w).long()
+
+    def encode_bytes(self, w: torch.Tensor) -> torch.Tensor:
+        """searchsorted's codes (thresholds strictly below each weight) as uint8, computed the fast way (fastcode.py)."""
         rows = w.detach().reshape(self.levels.shape[0], -1).float()
         return count_below(rows, self.thresholds).reshape(w.shape)
 
     def decode(self, codes: torch.Tensor, shape=None) -> torch.Tensor:
         c = self.levels.shape[0]
-        out = self.levels.gather(1, codes.reshape(c, -1).long())
+        out = gather_levels(self.levels, codes.reshape(c, -1))
         return out.reshape(shape if shape is not None else codes.shape)
 
     def forward(self, w: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -297,7 +303,7 @@ class ScalarQuantizer(Quantizer):
                 rows, valid = self._rows(w.detach().float(), mask)
                 fitted = self._fit(rows, valid) if self.refit == "exact" else self._refine(rows, valid)
                 self._store(*fitted)
-        q = self.decode(self.encode(w), w.shape).to(w.dtype)
+        q = self.decode(self.encode_bytes(w), w.shape).to(w.dtype)
         if mask is not None:
             q = q * as_bytes(mask)
         return StraightThrough.apply(w, q)
@@ -331,7 +337,7 @@ class ScalarQuantizer(Quantizer):
 
     # ------------------------------------------------------------------ packed form
     def storage(self, w: torch.Tensor, mask: torch.Tensor | None = None) -> Storage:
-        codes = self.encode(self.to_frame(w.detach().float(), mask)).reshape(-1)
+        codes = self.encode_bytes(self.to_frame(w.detach().float(), mask)).reshape(-1)
         if mask is not None:
             codes = codes[mask.reshape(-1).to(torch.bool)]
         return Storage(self.meta(), self._tables(), codes.to(torch.uint8), self.bits)
@@ -350,7 +356,15 @@ class ScalarQuantizer(Quantizer):
         numel = int(torch.Size(shape).numel())
         row_len = numel // rows if rows else 0
         keep = mask.reshape(rows, row_len) if mask is not None else None
-        if codes.numel() != (int(keep.sum()) if keep is not None else numel):
+        if keep is None:  # every weight kept: one gather per row of the table, straight into place
+            if codes.numel() != numel:
+                raise ValueError("code count does not match the layer")
+            out = gather_levels(levels, codes.reshape(rows, row_len).to(torch.uint8))
+            return self.from_frame(out.reshape(shape))
+        fast = scatter_levels(levels, codes, keep)
+        if fast is not None:
+            return self.from_frame(fast.reshape(shape))
+        if codes.numel() != int(keep.sum()):
             raise ValueError("code count does not match the layer")
         if codes.numel() and int(codes.max()) >= levels.shape[1]:
             raise ValueError("code out of range")
@@ -358,15 +372,12 @@ class ScalarQuantizer(Quantizer):
         step = max(1, CHUNK // max(row_len, 1))
         done = 0
         for r0 in range(0, rows, step):
-            block = keep[r0 : r0 + step] if keep is not None else None
-            counts = block.sum(1) if block is not None else torch.full((min(step, rows - r0),), row_len)
+            block = keep[r0 : r0 + step]
+            counts = block.sum(1)
             n = int(counts.sum())
             c = codes[done : done + n].long()
             done += n
             r1 = r0 + counts.numel()
-            if block is None:  # every weight kept: one gather per row of the table, straight into place
-                torch.gather(levels[r0:r1] if rows > 1 else levels.expand(r1 - r0, -1), 1, c.reshape(-1, row_len), out=out[r0:r1])
-                continue
             if rows == 1:  # one table: no row ids needed
                 values = levels[0].take(c)
             else:
@@ -378,7 +389,7 @@ class ScalarQuantizer(Quantizer):
     def lookup(self, w, mask=None):
         if self.rotate:  # the codes live in the rotated frame: a gather cannot undo the rotation
             return None
-        codes = self.encode(w.detach().float())
+        codes = self.encode_bytes(w.detach().float())
         rows = self.levels.shape[0]
         return Lookup(self.levels.detach().float().reshape(rows, -1, 1).clone(), codes.reshape(rows, -1))
 

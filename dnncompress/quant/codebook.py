@@ -104,17 +104,17 @@ class Codebook(ScalarQuantizer):
     def _zero_index(self) -> int:
         return int(self.levels.detach().abs().argmin())
 
-    def encode(self, w: torch.Tensor) -> torch.Tensor:
+    def encode_bytes(self, w: torch.Tensor) -> torch.Tensor:
         """Nearest value by index into `levels` as stored. Trained values may cross, but the parameter is
         never reordered (that would scramble the optimizer's per-value state): we search a sorted view.
         Scaled (per-channel) tables are ascending in every row and use the stored thresholds."""
         if self.per_channel:
-            return super().encode(w)
+            return super().encode_bytes(w)
         ordered, order = torch.sort(self.levels.detach(), dim=1)
         rows = w.detach().reshape(1, -1).float()
         codes = count_below(rows, midpoints(ordered))
         if not bool((order[0] == torch.arange(order.shape[1], device=order.device)).all()):  # trained values crossed
-            codes = order.gather(1, codes)
+            codes = order.gather(1, codes.long()).to(torch.uint8)
         return codes.reshape(w.shape)
 
     def _shape_grad(self, grad: torch.Tensor) -> torch.Tensor:
@@ -135,7 +135,7 @@ class Codebook(ScalarQuantizer):
     def fake_quantize(self, w, mask=None):
         if not self.fitted:
             self.fit(w, mask)
-        codes = self.encode(w)
+        codes = self.encode_bytes(w)
         if self.training:
             self._last_codes = codes.detach()
             self._last_rows = (w.detach(), mask)

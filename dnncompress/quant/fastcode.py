@@ -12,33 +12,131 @@ thresholds strictly below it, so:
   Where the grid would be too fine (thresholds nearly equal), too small a layer, or not float32, the
   plain searchsorted runs.
 
+With numba installed (the `fast` extra), large CPU layers run compiled kernels instead
+(_fastcode_numba.py): one pass that reads each weight once and writes its code byte, where torch makes a
+pass per comparison. They give the same codes; the tests compare them with the torch paths.
+
 NaN weights are not supported (a diverged QAT step); every other value gets searchsorted's code.
 """
 from __future__ import annotations
 
+import functools
 import math
 
+import numpy as np
 import torch
 
 MAX_CELLS = 1 << 15
 MIN_VALUES = 1 << 12  # below this the table costs more than the search
+COMPILED_FROM = 1 << 15  # values; below this torch's few small passes cost less than leaving torch
+USE_COMPILED = True  # the tests turn it off to compare with the torch paths
+
+
+@functools.cache
+def _load_kernels():
+    try:
+        from . import _fastcode_numba
+    except ImportError:
+        return None
+    return _fastcode_numba
+
+
+def compiled(size: int, *floats: torch.Tensor):
+    """The compiled kernels for a job of `size` values over these float tensors when numba is installed
+    (and not turned off), the job is large and the tensors are float32 on the CPU; else None. The first
+    call imports numba (about a second), never at import time."""
+    if not USE_COMPILED or size < COMPILED_FROM:
+        return None
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in floats):
+        return None
+    return _load_kernels()
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().contiguous().numpy()
 
 
 def count_below(values: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
-    """int64 codes shaped like `values` (R×n): per row r, the number of thresholds[r] (R×t or 1×t) < each value."""
+    """uint8 codes shaped like `values` (R×n): per row r, the number of thresholds[r] (R×t or 1×t) < each value."""
     t = thresholds.shape[-1]
     if t == 0:
-        return torch.zeros(values.shape, dtype=torch.long)
+        return torch.zeros(values.shape, dtype=torch.uint8)
+    if t > 255:  # more than 8 bits' worth: not a code byte
+        return torch.searchsorted(thresholds.contiguous(), values.contiguous())
+    kernels = compiled(values.numel(), values, thresholds) if values.dim() == 2 and thresholds.shape[0] in (1, values.shape[0]) else None
+    if kernels is not None:
+        codes = _count_compiled(kernels, _np(values), _np(thresholds))
+        if codes is not None:
+            return torch.from_numpy(codes)
     if t <= 3:
-        codes = as_bytes(values > thresholds[..., 0:1]).clone()  # counted in bytes, widened once
+        codes = as_bytes(values > thresholds[..., 0:1]).clone()  # counted in bytes
         for i in range(1, t):
             codes += as_bytes(values > thresholds[..., i:i + 1])
-        return codes.long()
+        return codes
     if thresholds.shape[0] == 1 and values.dtype == torch.float32 and thresholds.dtype == torch.float32 and values.numel() >= MIN_VALUES:
         lookup = _grid(thresholds[0])
         if lookup is not None:
             return _codes_by_grid(values, *lookup)
-    return torch.searchsorted(thresholds.contiguous(), values.contiguous())
+    return torch.searchsorted(thresholds.contiguous(), values.contiguous()).to(torch.uint8)
+
+
+def _count_compiled(kernels, values: np.ndarray, thresholds: np.ndarray) -> np.ndarray | None:
+    out = np.empty(values.shape, dtype=np.uint8)
+    t = thresholds.shape[1]
+    if t <= 3:
+        kernels.count_linear(values, thresholds, out)
+        return out
+    lookup = _grid(torch.from_numpy(thresholds[0])) if thresholds.shape[0] == 1 else None
+    if lookup is not None:
+        start, inv_width, _, below, inside = lookup
+        kernels.count_by_grid(values.reshape(-1), start, inv_width, below[0].numpy(), inside[0].numpy(), out.reshape(-1))
+        return out
+    if t <= 15:
+        kernels.count_passes(values, thresholds, out)
+        return out
+    return None  # many thresholds per row: torch's search
+
+
+def fourval_codes(rows: torch.Tensor, big_at: torch.Tensor) -> torch.Tensor | None:
+    """FourValue's codes (R×n uint8) compiled, or None where the torch rule must run."""
+    kernels = compiled(rows.numel(), rows, big_at)
+    if kernels is None or rows.dim() != 2 or big_at.numel() not in (1, rows.shape[0]):
+        return None
+    out = np.empty(rows.shape, dtype=np.uint8)
+    kernels.fourval_codes(_np(rows), _np(big_at).reshape(-1), out)
+    return torch.from_numpy(out)
+
+
+def gather_levels(levels: torch.Tensor, codes: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """levels[r or 0, codes[r, j]] for R×n codes (a table of 1 or R rows), into `out` when given.
+    ValueError on a code beyond the table. Differentiable (torch's gather) when the levels need a gradient."""
+    rows = codes.shape[0]
+    kernels = compiled(codes.numel(), levels) if codes.dtype == torch.uint8 and codes.dim() == 2 else None
+    if kernels is None or (torch.is_grad_enabled() and levels.requires_grad) or (out is not None and not (out.is_contiguous() and out.dtype == torch.float32)):
+        if codes.numel() and int(codes.max()) >= levels.shape[1]:
+            raise ValueError("code out of range")
+        table = levels if levels.shape[0] == rows else levels.expand(rows, -1)
+        return torch.gather(table, 1, codes.long(), out=out) if out is not None else torch.gather(table, 1, codes.long())
+    if out is None:
+        out = torch.empty(codes.shape, dtype=torch.float32)
+    if kernels.gather_rows(_np(levels), _np(codes), out.numpy()):
+        raise ValueError("code out of range")
+    return out
+
+
+def scatter_levels(levels: torch.Tensor, codes: torch.Tensor, keep: torch.Tensor) -> torch.Tensor | None:
+    """A pruned layer's R×n weights: the kept positions (keep, R×n) take levels[r or 0, code] in order,
+    the rest 0; compiled, or None where the caller's torch path must run. ValueError on a bad code or count."""
+    kernels = compiled(keep.numel(), levels) if keep.dim() == 2 else None
+    if kernels is None:
+        return None
+    out = np.empty(keep.shape, dtype=np.float32)
+    used, bad = kernels.scatter_rows(_np(levels), _np(codes.to(torch.uint8)), _np(as_bytes(keep.to(torch.bool))), out)
+    if used != codes.numel():
+        raise ValueError("code count does not match the layer")
+    if bad:
+        raise ValueError("code out of range")
+    return torch.from_numpy(out)
 
 
 def _grid(th: torch.Tensor):
@@ -54,10 +152,10 @@ def _grid(th: torch.Tensor):
     if cells > MAX_CELLS:
         return None
     window_start = start + (torch.arange(cells, dtype=torch.float64) - 1) * width
-    below = torch.searchsorted(th64, window_start)  # thresholds < the window's start
+    below = torch.searchsorted(th64, window_start)  # thresholds < the window's start (≤ 255: a code byte)
     inside = th64[below.clamp_max(th.numel() - 1)]
     inside = torch.where((below < th.numel()) & (inside < window_start + 3 * width), inside, math.inf)
-    return start, 1.0 / width, cells, below.unsqueeze(0), inside.float().unsqueeze(0)
+    return start, 1.0 / width, cells, below.to(torch.uint8).unsqueeze(0), inside.float().unsqueeze(0)
 
 
 def _codes_by_grid(values, start, inv_width, cells, below, inside):

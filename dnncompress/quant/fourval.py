@@ -5,7 +5,7 @@ import torch
 
 from .base import SCHEMES, ScalarQuantizer, StraightThrough, check_table
 from .exact import fourval_alpha
-from .fastcode import as_bytes
+from .fastcode import as_bytes, fourval_codes
 
 
 def _table(alpha: torch.Tensor):
@@ -31,8 +31,11 @@ class FourValue(ScalarQuantizer):
         """The one assignment rule both encode() and forward() use: w > 0 picks +, |w| > 1.5α picks 2α."""
         return rows > 0, (rows.abs() if mags is None else mags) > self.thresholds[:, 2:3]
 
-    def encode(self, w):
+    def encode_bytes(self, w):
         rows = w.detach().reshape(self.levels.shape[0], -1).float()
+        fast = fourval_codes(rows, self.thresholds[:, 2:3])  # the same rule, compiled, for large layers
+        if fast is not None:
+            return fast.reshape(w.shape)
         pos, big = self._sign_and_big(rows)
         codes = pos.to(torch.uint8) * 2 + (big == pos).to(torch.uint8)  # −2α, −α, +α, +2α → 0, 1, 2, 3
         return codes.reshape(w.shape)
