@@ -20,6 +20,12 @@ MAX_PARAMS = 1 << 31
 
 def expected_state(arch: str, arch_kwargs: dict, source, structure: dict | None = None) -> dict[str, torch.Tensor]:
     """The architecture's state_dict as meta tensors (shapes and dtypes, no memory), shrunk to `structure`."""
+    return dict(skeleton(arch, arch_kwargs, source, structure).state_dict())
+
+
+def skeleton(arch: str, arch_kwargs: dict, source, structure: dict | None = None):
+    """The architecture built on the meta device (no memory for weights), shrunk to `structure`, its size
+    checked: what a file's weights are vetted against, and what load_packed fills."""
     try:
         with warnings.catch_warnings(), torch.device("meta"):
             warnings.simplefilter("ignore")  # odd but legal kwargs (zero-size layers) must not print from a library
@@ -32,11 +38,10 @@ def expected_state(arch: str, arch_kwargs: dict, source, structure: dict | None 
         raise
     except Exception as e:  # a factory given bad kwargs may fail in any way
         raise UserError(f"{source}: cannot build '{arch}' with {arch_kwargs}: {type(e).__name__}") from None
-    expected = dict(model.state_dict())
-    total = sum(t.numel() for t in expected.values())
+    total = sum(t.numel() for t in model.state_dict().values())
     if total > MAX_PARAMS:
         raise UserError(f"{source}: '{arch}' with {arch_kwargs} has {total:,} parameters; refusing to build it")
-    return expected
+    return model
 
 
 def _same_kind(a: torch.dtype, b: torch.dtype) -> bool:

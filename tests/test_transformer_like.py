@@ -83,3 +83,32 @@ def test_a_tied_pair_compressed_together_is_stored_once(tmp_path):
     ckpt = checkpoint_from_packed(path)
     assert ckpt["state_dict"]["head.weight"] is ckpt["state_dict"]["emb.weight"]
     assert ckpt["quant"]["head"]["scheme"] == ckpt["quant"]["emb"]["scheme"] == "codebook"
+
+
+def test_load_packed_decodes_into_the_users_tensors_and_into_a_meta_module(tmp_path, monkeypatch):
+    """A built module receives the decoded values in its own storage (no second copy of the model); a
+    module built on the meta device (no memory for weights) adopts the decoded tensors, ties kept."""
+    torch.manual_seed(0)
+    model = TinyLM().eval()
+    prune(model, 0.5, include=["ff.2"])
+    quantize(model, scheme="fourval", exclude=["emb", "head"])
+    path = tmp_path / "lm.dnc"
+    save_packed(model, path)
+    ids = torch.randint(0, 50, (4, 9))
+    with torch.no_grad():
+        want = model(ids)
+    fresh = TinyLM()
+    before = {k: t.data_ptr() for k, t in fresh.state_dict().items()}
+    with monkeypatch.context() as m:  # decoded in place: no state_dict copy at the end
+        m.setattr(torch.nn.Module, "load_state_dict", lambda *a, **k: (_ for _ in ()).throw(AssertionError("copied")))
+        loaded = load_packed(path, model=fresh)
+    assert loaded is fresh and {k: t.data_ptr() for k, t in loaded.state_dict().items()} == before
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), want)
+    with torch.device("meta"):
+        ghost = TinyLM()
+    loaded = load_packed(path, model=ghost)
+    assert not any(t.is_meta for t in loaded.state_dict().values())
+    assert loaded.head.weight is loaded.emb.weight
+    with torch.no_grad():
+        assert torch.equal(loaded(ids), want)

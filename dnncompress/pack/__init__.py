@@ -27,7 +27,13 @@ def vet_packed(path: str | os.PathLike, arch: str | None = None, trust: bool = F
     """(spec, blobs, expected state or None): the file parsed, its digest verified, its architecture
     vetted (no code from the file runs unless named or trusted) and every layer's shape and kind
     checked against that architecture, all before a single weight is decoded."""
+    return _vet(path, arch, trust, model)[:3]
+
+
+def _vet(path, arch, trust, model):
+    """vet_packed, and the meta-device model it built to vet against (None when the caller gave one)."""
     spec, blobs = read_packed(path)
+    built = None
     recorded = spec.get("arch")
     if recorded is not None and not isinstance(recorded, str):
         raise invalid_file(path, "its architecture is not a name")
@@ -45,12 +51,13 @@ def vet_packed(path: str | os.PathLike, arch: str | None = None, trust: bool = F
             apply_structure(model, spec["structure"], path)
         expected = plain_state_dict(model, clone=False)  # shapes and dtypes only: no copies
     elif spec["arch"]:
-        from ..validate import check_arch_from_file, expected_state
+        from ..validate import check_arch_from_file, skeleton
 
         check_arch_from_file(spec["arch"], arch_kwargs, path, named=arch, trust=trust)
-        expected = expected_state(spec["arch"], arch_kwargs, path, _spec_field(spec, "structure", dict, path, {}))
+        built = skeleton(spec["arch"], arch_kwargs, path, _spec_field(spec, "structure", dict, path, {}))
+        expected = dict(built.state_dict())
     check_spec(spec, expected, path)
-    return spec, blobs, expected
+    return spec, blobs, expected, built
 
 
 def check_spec(spec: dict, expected: dict | None, path) -> None:
@@ -122,17 +129,25 @@ def _retie(model: nn.Module, groups: list[list[str]]) -> None:
             setattr(model.get_submodule(mod), attr, shared)
 
 
-def checkpoint_from_packed(path: str | os.PathLike, arch: str | None = None, trust: bool = False, model: nn.Module | None = None) -> dict:
+def checkpoint_from_packed(path: str | os.PathLike, arch: str | None = None, trust: bool = False, model: nn.Module | None = None,
+                           in_place: bool = False) -> dict:
     """A checkpoint dict (dequantized weights, masks, quantizer states) rebuilt from a .dnc.
 
     `arch` (what the user named) replaces the recorded architecture; a recorded `module:factory`
-    is imported only when named so or with `trust`. `model` supplies the shapes instead.
+    is imported only when named so or with `trust`. `model` supplies the shapes instead, and with
+    `in_place` its own (non-meta) tensors receive the decoded values: no second copy of the model.
     """
+    return _checkpoint(path, arch, trust, model, in_place)[0]
+
+
+def _checkpoint(path, arch, trust, model, in_place):
+    """checkpoint_from_packed, and the meta-device skeleton it vetted against (None when given a model)."""
     from ..checkpoint import FORMAT as CK_FORMAT
     from ..checkpoint import VERSION as CK_VERSION
 
-    spec, blobs, expected = vet_packed(path, arch, trust, model)
-    state, masks, quant = restore(spec, blobs, path)
+    spec, blobs, expected, built = _vet(path, arch, trust, model)
+    into = {k: t for k, t in expected.items() if not t.is_meta} if in_place and model is not None and expected else None
+    state, masks, quant = restore(spec, blobs, path, into)
     if expected is not None:
         from ..validate import check_masks, check_quant, check_state
 
@@ -144,7 +159,7 @@ def checkpoint_from_packed(path: str | os.PathLike, arch: str | None = None, tru
         check_quant(quant, expected, path)
     return {"format": CK_FORMAT, "version": CK_VERSION, "arch": spec["arch"], "arch_kwargs": spec.get("arch_kwargs") or {},
             "dataset": spec["dataset"], **({"structure": spec["structure"]} if spec.get("structure") else {}), "state_dict": state, "masks": masks, "quant": quant,
-            "metrics": spec["metrics"], "history": [{"stage": "unpack", "config": {"source": str(path)}, "result": {}}]}
+            "metrics": spec["metrics"], "history": [{"stage": "unpack", "config": {"source": str(path)}, "result": {}}]}, built
 
 
 def load_packed(path: str | os.PathLike, model: nn.Module | None = None, trust: bool = False,
@@ -162,16 +177,22 @@ def load_packed(path: str | os.PathLike, model: nn.Module | None = None, trust: 
 
 
 def _load_packed(path, model, trust) -> nn.Module:
-    ckpt = checkpoint_from_packed(path, trust=trust, model=model)
-    if model is not None:
-        model.load_state_dict(ckpt["state_dict"])
+    if model is not None:  # decoded straight into the module's tensors; a meta module adopts new ones
+        ckpt = checkpoint_from_packed(path, trust=trust, model=model, in_place=True)
+        own = model.state_dict()
+        if any(t.is_meta for t in own.values()):
+            ties = _tie_groups(model)
+            model.load_state_dict(ckpt["state_dict"], assign=True)
+            _retie(model, ties)
+        else:
+            if any(k not in own or v.data_ptr() != own[k].data_ptr() for k, v in ckpt["state_dict"].items()):
+                model.load_state_dict(ckpt["state_dict"])  # some could not be decoded in place (dtype, device)
         return model.eval()
-    if not ckpt["arch"]:
+    ckpt, model = _checkpoint(path, None, trust, None, False)  # model: the meta-device skeleton it was vetted against
+    if not ckpt["arch"] or model is None:
         raise UserError(f"{path} does not record its architecture; pass model= to load_packed")
     from ..models import build_model
 
-    with torch.device("meta"):  # no memory for weights that are about to be replaced
-        model = build_model(ckpt["arch"], ckpt["arch_kwargs"], ckpt.get("structure"))
     ties = _tie_groups(model)
     model.load_state_dict(ckpt["state_dict"], assign=True)  # adopt the decoded tensors: no second copy
     _retie(model, ties)

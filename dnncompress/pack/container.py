@@ -380,9 +380,19 @@ def _dtype(name, default: torch.dtype) -> torch.dtype:
     return DTYPES[name]
 
 
-def restore(spec: dict, blobs: Blobs, path="<packed>") -> tuple[dict, dict, dict]:
+def _target(into: dict | None, key: str, shape, dtype: torch.dtype) -> torch.Tensor | None:
+    """The caller's own tensor to decode `key` into, where it has exactly this shape and dtype."""
+    t = into.get(key) if into else None
+    if t is None or t.dtype != dtype or list(t.shape) != [int(d) for d in shape] or t.device.type != "cpu" or not t.is_contiguous():
+        return None
+    return t
+
+
+def restore(spec: dict, blobs: Blobs, path="<packed>", into: dict[str, torch.Tensor] | None = None) -> tuple[dict, dict, dict]:
     """(state_dict with dequantized weights in their recorded dtypes, masks, quant states) from a
-    verified spec; tied tensors come back as one tensor under each of their names."""
+    verified spec; tied tensors come back as one tensor under each of their names. `into`: tensors
+    (a model's own parameters and buffers, by state_dict key) to decode into in place, where shape and
+    dtype match; the state then holds those very tensors."""
     state, masks, quant = {}, {}, {}
     try:
         tied_layers = []
@@ -390,9 +400,10 @@ def restore(spec: dict, blobs: Blobs, path="<packed>") -> tuple[dict, dict, dict
             if layer["k"] == "t":
                 tied_layers.append(layer)
                 continue
-            weight, mask, q = decode_layer(blobs, layer)
+            key, dtype = weight_key(layer["n"]), _dtype(layer.get("d"), torch.float32)
+            weight, mask, q = decode_layer(blobs, layer, _target(into, key, layer["s"], torch.float32) if dtype == torch.float32 else None)
             name = layer["n"]
-            state[weight_key(name)] = weight.to(_dtype(layer.get("d"), torch.float32))
+            state[key] = weight.to(dtype)
             if mask is not None:
                 masks[name] = mask
             if q is not None:
@@ -408,7 +419,9 @@ def restore(spec: dict, blobs: Blobs, path="<packed>") -> tuple[dict, dict, dict
             t = blob_to_tensor(blobs, kind, ref)
             if t.numel() != int(np.prod(shape)):
                 raise ValueError(f"leftover '{key}' size does not match its shape")
-            state[key] = t.reshape(shape).to(_dtype(entry[4] if len(entry) == 5 else None, NATURAL[kind]))
+            value = t.reshape(shape).to(_dtype(entry[4] if len(entry) == 5 else None, NATURAL[kind]))
+            own = _target(into, key, shape, value.dtype)
+            state[key] = own.copy_(value) if own is not None else value
         def link(key, shape, target):  # a tied entry: the very tensor another key holds
             if not isinstance(target, str) or target not in state or list(state[target].shape) != list(shape):
                 raise ValueError(f"'{key}' is tied to {str(target)[:60]!r}, which the file does not hold with that shape")

@@ -9,6 +9,8 @@ Pieces go into shared blobs (one safetensors tensor per kind) and the layer's sp
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 
 import numpy as np
@@ -199,8 +201,23 @@ def encode_layer(blobs: Blobs, name: str, weight: torch.Tensor, mask: torch.Tens
 MAX_ELEMENTS = 1 << 31
 
 
-def decode_layer(blobs: Blobs, spec: dict) -> tuple[torch.Tensor, torch.Tensor | None, dict | None]:
-    """(dequantized fp32 weight, mask or None, quant state or None) for one layer spec; validates sizes first."""
+@functools.cache
+def _takes_out(cls) -> bool:
+    return "out" in inspect.signature(cls.decode_storage).parameters
+
+
+def decode_layer(blobs: Blobs, spec: dict, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, dict | None]:
+    """(dequantized fp32 weight, mask or None, quant state or None) for one layer spec; validates sizes first.
+    With `out` (a contiguous float32 tensor of the layer's shape: a model's own parameter) the weight is
+    decoded into it and it is what comes back: no second copy of the model."""
+    weight, mask, q = _decode_layer(blobs, spec, out)
+    if out is not None and weight.data_ptr() != out.data_ptr():
+        out.copy_(weight.reshape(out.shape))
+        weight = out
+    return weight, mask, q
+
+
+def _decode_layer(blobs: Blobs, spec: dict, out: torch.Tensor | None):
     shape = [int(d) for d in spec["s"]]
     if any(d < 0 for d in shape):
         raise ValueError("negative dimension")
@@ -237,7 +254,8 @@ def decode_layer(blobs: Blobs, spec: dict) -> tuple[torch.Tensor, torch.Tensor |
         if not 1 <= bits <= 8 or not 0 <= units <= numel:
             raise ValueError("bad code stream header")
         codes = torch.from_numpy(_symbols_back(blobs, spec["c"], bits, units).astype(np.uint8, copy=False))
-        return q.decode_storage(codes, tuple(shape), mask), mask, q.export_state()
+        extra = {"out": out} if out is not None and _takes_out(type(q)) else {}  # a plugin scheme may predate `out`
+        return q.decode_storage(codes, tuple(shape), mask, **extra), mask, q.export_state()
     if spec["k"] != "m":
         raise ValueError(f"unknown layer kind {spec['k']!r}")
     kind, ref = spec["v"]

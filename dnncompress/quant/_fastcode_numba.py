@@ -88,7 +88,8 @@ def fourval_codes(values, big_at, out):  # pragma: no cover - compiled
 @njit(cache=True, parallel=True)
 def gather_rows(levels, codes, out):  # pragma: no cover - compiled
     """out[r, j] = levels[r or 0, codes[r, j]] on R×L rows; returns how many codes were out of range
-    (their outputs are 0, and the caller refuses the layer)."""
+    (their outputs are 0, and the caller refuses the layer). The range test is a branch that is never
+    taken on a good file: measured faster than a separate max pass and a branch-free gather."""
     rows, length = codes.shape
     width = levels.shape[1]
     bad = 0

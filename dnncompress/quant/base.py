@@ -6,7 +6,8 @@ A scheme is a codec for one layer's weight:
   storage(w, mask) → Storage               the packed form: one integer code per stored unit and the
                                            minimal float tables that define the layer;
   quantizer_from_storage(meta, tables)     rebuild the quantizer from the packed form, then
-      .decode_storage(codes, shape, mask)  the dense weight, equal bit for bit to forward();
+      .decode_storage(codes, shape, mask)  the dense weight, equal bit for bit to forward() (`out=`: a
+                                           float32 tensor of that shape it may write into);
   lookup(w) → Lookup | None                the weight as one table gather (what ONNX can express), or
                                            None where the scheme is not one (a rotated frame).
 pack/ only knows "a stream of b-bit codes, maybe entropy-coded, positions maybe sparse" and
@@ -186,8 +187,9 @@ class Quantizer(nn.Module):
         """Adopt the packed tables (checked against the layer's shape; ValueError if they do not fit)."""
         raise NotImplementedError
 
-    def decode_storage(self, codes: torch.Tensor, shape: tuple, mask: torch.Tensor | None) -> torch.Tensor:
-        """The dense fp32 weight (zeros where masked) from the stored codes; ValueError on a bad count or code."""
+    def decode_storage(self, codes: torch.Tensor, shape: tuple, mask: torch.Tensor | None, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The dense fp32 weight (zeros where masked) from the stored codes; ValueError on a bad count or code.
+        A scheme may write it into `out` (contiguous float32 of `shape`) and return it, saving a copy."""
         raise NotImplementedError
 
     def lookup(self, w: torch.Tensor, mask: torch.Tensor | None = None) -> Lookup | None:
@@ -347,8 +349,9 @@ class ScalarQuantizer(Quantizer):
         self._store(levels, thresholds)
         self.fitted = True
 
-    def decode_storage(self, codes, shape, mask):
-        """levels[row, code] scattered to the kept positions, in chunks of rows (no n-sized int64 temporaries)."""
+    def decode_storage(self, codes, shape, mask, out=None):
+        """levels[row, code] scattered to the kept positions, in chunks of rows (no n-sized int64 temporaries);
+        an unpruned, unrotated layer is gathered straight into `out` when given."""
         levels = self.levels.detach().float()
         if self.rotate and mask is not None:
             raise ValueError("a rotated layer cannot have a pruning mask")
@@ -359,8 +362,9 @@ class ScalarQuantizer(Quantizer):
         if keep is None:  # every weight kept: one gather per row of the table, straight into place
             if codes.numel() != numel:
                 raise ValueError("code count does not match the layer")
-            out = gather_levels(levels, codes.reshape(rows, row_len).to(torch.uint8))
-            return self.from_frame(out.reshape(shape))
+            into = out.view(rows, row_len) if out is not None and not self.rotate else None
+            dense = gather_levels(levels, codes.reshape(rows, row_len).to(torch.uint8), into)
+            return self.from_frame(dense.reshape(shape))
         fast = scatter_levels(levels, codes, keep)
         if fast is not None:
             return self.from_frame(fast.reshape(shape))

@@ -279,7 +279,7 @@ class ProductQuantizer(Quantizer):
         self._set(c.float())
 
     @torch.no_grad()
-    def decode_storage(self, codes, shape, mask):
+    def decode_storage(self, codes, shape, mask, out=None):  # builds its own tensor; the caller copies into out
         x, valid, stored = self._units(torch.zeros(shape), mask)
         c = self._rounded()
         if codes.numel() != (x.shape[0] if stored is None else int(stored.sum())):
