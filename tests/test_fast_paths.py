@@ -220,3 +220,35 @@ def test_compiled_decode_refuses_bad_codes():
     kept[0] = 9
     with pytest.raises(ValueError, match="out of range"):
         fastcode.scatter_levels(levels, kept, keep)
+
+
+@needs_numba
+@pytest.mark.parametrize("pruned", [False, True])
+@pytest.mark.parametrize("scheme, options", [("fourval", {}), ("ternary", {"rule": "twn"}), ("ternary", {"rule": "exact"})], ids=str)
+def test_compiled_closed_form_training_step(scheme, options, pruned, monkeypatch):
+    """The compiled QAT forward of a large four-value or ternary layer: its update matches torch's within
+    float32 rounding, its output is exactly what the stored table decodes to, and the gradient passes straight."""
+    from dnncompress.quant import fastcode
+
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(64, 1024, generator=g) * 0.05
+    mask = (torch.rand(w.shape, generator=g) > 0.5) if pruned else None
+    wm = (w * mask if pruned else w).requires_grad_()
+    qz = make_quantizer(scheme, **options).fit(wm.detach(), mask)
+    qz.levels.mul_(1.2)  # a stale table, as after an optimizer step: the update must move it
+    qz.thresholds.mul_(1.2)
+    qz.train()
+    fast_qz, slow_qz = copy.deepcopy(qz), copy.deepcopy(qz)
+    got = fast_qz(wm, mask)
+    with monkeypatch.context() as m:
+        m.setattr(fastcode, "USE_COMPILED", False)
+        want = slow_qz(wm, mask).detach()
+    assert not torch.equal(fast_qz.levels, qz.levels)
+    assert torch.allclose(fast_qz.levels, slow_qz.levels, rtol=1e-6, atol=0)
+    _, decoded = reference(fast_qz, wm.detach(), mask, monkeypatch)
+    assert torch.equal(got.detach(), decoded)
+    steps_fast = torch.round(got.detach() / fast_qz.levels[:, 2:3])  # ±1, ±2 (0 where pruned)
+    steps_slow = torch.round(want / slow_qz.levels[:, 2:3])
+    assert float((steps_fast != steps_slow).float().mean()) < 1e-3  # only weights within rounding of the moved threshold
+    got.sum().backward()
+    assert torch.equal(wm.grad, torch.ones_like(w))

@@ -107,6 +107,34 @@ def fourval_codes(rows: torch.Tensor, big_at: torch.Tensor) -> torch.Tensor | No
     return torch.from_numpy(out)
 
 
+def fourval_fake_quantize(rows: torch.Tensor, mask: torch.Tensor | None, big_at: torch.Tensor, alpha: torch.Tensor,
+                          refit: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(q, α) of FourValue's QAT forward (see the kernel) for R×n rows and per-row big_at/α (R), compiled;
+    None where the torch form must run."""
+    kernels = compiled(rows.numel(), rows, big_at, alpha)
+    if kernels is None or rows.dim() != 2 or big_at.numel() != rows.shape[0] or alpha.numel() != rows.shape[0]:
+        return None
+    keep = _np(as_bytes(mask.reshape(rows.shape).to(torch.bool))) if mask is not None else np.zeros((0, 0), dtype=np.uint8)
+    q = np.empty(rows.shape, dtype=np.float32)
+    new_alpha = np.empty(rows.shape[0], dtype=np.float32)
+    kernels.fourval_fake_quantize(_np(rows), keep, _np(big_at).reshape(-1), _np(alpha).reshape(-1), refit, q, new_alpha)
+    return torch.from_numpy(q), torch.from_numpy(new_alpha)
+
+
+def ternary_fake_quantize(rows: torch.Tensor, mask: torch.Tensor | None, alpha: torch.Tensor, delta: torch.Tensor,
+                          twn: bool, refit: bool, iters: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(q, α, Δ) of Ternary's QAT forward (see the kernel) for R×n rows and per-row α, Δ (R), compiled;
+    None where the torch form must run."""
+    kernels = compiled(rows.numel(), rows, alpha, delta)
+    if kernels is None or rows.dim() != 2 or alpha.numel() != rows.shape[0] or delta.numel() != rows.shape[0]:
+        return None
+    keep = _np(as_bytes(mask.reshape(rows.shape).to(torch.bool))) if mask is not None else np.zeros((0, 0), dtype=np.uint8)
+    q = np.empty(rows.shape, dtype=np.float32)
+    new_alpha, new_delta = np.empty(rows.shape[0], dtype=np.float32), np.empty(rows.shape[0], dtype=np.float32)
+    kernels.ternary_fake_quantize(_np(rows), keep, _np(alpha).reshape(-1), _np(delta).reshape(-1), twn, refit, iters, q, new_alpha, new_delta)
+    return torch.from_numpy(q), torch.from_numpy(new_alpha), torch.from_numpy(new_delta)
+
+
 def gather_levels(levels: torch.Tensor, codes: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """levels[r or 0, codes[r, j]] for R×n codes (a table of 1 or R rows), into `out` when given.
     ValueError on a code beyond the table. Differentiable (torch's gather) when the levels need a gradient."""

@@ -5,7 +5,7 @@ import torch
 
 from .base import SCHEMES, ScalarQuantizer, StraightThrough, check_table
 from .exact import fourval_alpha
-from .fastcode import as_bytes, fourval_codes
+from .fastcode import as_bytes, fourval_codes, fourval_fake_quantize
 
 
 def _table(alpha: torch.Tensor):
@@ -49,6 +49,14 @@ class FourValue(ScalarQuantizer):
             return super().fake_quantize(w, mask)
         c = self.levels.shape[0]
         rows = w.reshape(c, -1)
+        refit = self.training and self.refit == "fast"
+        with torch.no_grad():  # large layers: one compiled pass does the step's α update and the forward
+            fast = fourval_fake_quantize(rows.detach().float(), mask, self.thresholds[:, 2], self.levels[:, 2].detach(), refit)
+        if fast is not None:
+            q, alpha = fast
+            if refit:
+                self._store(*_table(alpha.unsqueeze(1)))
+            return StraightThrough.apply(w, q.to(w.dtype).reshape(w.shape))
         with torch.no_grad():
             a = rows.detach().abs()  # pruned entries arrive as exact zeros: they never count as big
         if self.training and self.refit == "fast":

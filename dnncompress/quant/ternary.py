@@ -6,7 +6,7 @@ import torch
 from ..errors import UserError
 from .base import SCHEMES, ScalarQuantizer, StraightThrough, check_table
 from .exact import ternary_alpha, ternary_refine
-from .fastcode import as_bytes
+from .fastcode import as_bytes, ternary_fake_quantize
 
 
 def _table(alpha: torch.Tensor, delta: torch.Tensor):
@@ -67,6 +67,15 @@ class Ternary(ScalarQuantizer):
         if not self.fitted or (self.training and self.refit == "exact"):
             return super().fake_quantize(w, mask)
         c = self.levels.shape[0]
+        refit = self.training and self.refit != "none"
+        with torch.no_grad():  # large layers: the step's update and the forward in one compiled pass
+            fast = ternary_fake_quantize(w.detach().reshape(c, -1).float(), mask, self.levels[:, 2].detach(), self.thresholds[:, 1],
+                                         self.options["rule"] == "twn", refit)
+        if fast is not None:
+            q, alpha, delta = fast
+            if refit:
+                self._store(*_table(alpha.unsqueeze(1), delta.unsqueeze(1)))
+            return StraightThrough.apply(w, q.to(w.dtype).reshape(w.shape))
         with torch.no_grad():
             rows = w.detach().reshape(c, -1).float()
             if self.training and self.refit != "none":
