@@ -104,7 +104,10 @@ def test_fast_fake_quantize_equals_the_reference(scheme, bits, options, pruned, 
                 assert torch.equal(got, qz.decode_storage(stored.codes, tuple(w.shape), mask).to(got.dtype)), (scheme, bits, options)
 
 
-def test_ternary_fast_path_keeps_the_straight_through_gradient():
+def test_ternary_fast_path_keeps_the_straight_through_gradient(monkeypatch):
+    from dnncompress.quant import fastcode
+
+    monkeypatch.setattr(fastcode, "USE_COMPILED", False)  # torch's closed form (the compiled one: test_compiled_closed_form_training_step)
     w = (torch.randn(30, 200) * 0.05).requires_grad_()
     qz = make_quantizer("ternary", rule="exact").fit(w.detach())
     qz.train()

@@ -142,71 +142,81 @@ def scatter_rows(levels, codes, keep, out):  # pragma: no cover - compiled
     return used, bad
 
 
-@njit(cache=True, parallel=True)
-def fourval_fake_quantize(values, keep, big_at, alpha, refit, q, alpha_out):  # pragma: no cover - compiled
-    """FourValue's QAT forward on R×L rows in one pass per row (the row stays in cache between the two
+@njit(cache=True, parallel=True, fastmath={"reassoc"})
+def fourval_fake_quantize(values, keep, big_at, alpha, refit, q, levels, thresholds):  # pragma: no cover - compiled
+    """FourValue's QAT forward on R×L rows, one row per thread (the row stays in cache between the two
     loops): with `refit`, first α ← (Σ|w| + Σ_{|w|>big_at}|w|) / max(n + 3k, 1) over the kept weights
-    (FourValue.fake_quantize's O(n) step), then q = ±α·(1 or 2) by the new threshold 1.5α, 0 where not
-    kept. `keep` is R×L uint8 or 0×0 (every weight kept). The sums run in float64, one row per thread:
-    the same on every run, within float32 rounding of torch's float32 sums."""
+    (FourValue.fake_quantize's O(n) step; pruned weights arrive as exact zeros, which add nothing and are
+    never big), then q = ±α·(1 or 2) by the new threshold 1.5α, times keep. `keep` is R×L uint8 or 0×0
+    (every weight kept). Sums in float64, vectorized (reassociated, in the same order on every run):
+    within float32 rounding of torch's float32 sums. The new table goes to levels (R×4: −2α, −α, α, 2α)
+    and thresholds (R×3: −1.5α, 0, 1.5α), as fourval._table writes them."""
     rows, length = values.shape
     masked = keep.shape[0] > 0
     for r in prange(rows):
+        row = values[r]
         a = alpha[r]
         if refit:
             t = big_at[r]
             s = 0.0
-            n = 0
             k = 0
             for j in range(length):
-                if masked and keep[r, j] == 0:
-                    continue
-                m = abs(values[r, j])
-                s += m
-                n += 1
-                if m > t:
-                    s += m
-                    k += 1
+                m = abs(row[j])
+                big = m > t
+                s += np.float64(m) * (2.0 if big else 1.0)
+                k += 1 if big else 0
+            n = length
+            if masked:
+                n = 0
+                for j in range(length):
+                    n += keep[r, j]
             a = np.float32(s / max(n + 3 * k, 1))
-        alpha_out[r] = a
         t2 = np.float32(1.5) * a
         two = a + a
+        levels[r, 0], levels[r, 1], levels[r, 2], levels[r, 3] = -two, -a, a, two
+        thresholds[r, 0], thresholds[r, 1], thresholds[r, 2] = -t2, np.float32(0.0), t2
+        out = q[r]
         for j in range(length):
-            v = values[r, j]
-            if masked and keep[r, j] == 0:
-                q[r, j] = 0.0
-            else:
-                level = two if abs(v) > t2 else a
-                q[r, j] = level if v > 0 else -level
+            v = row[j]
+            level = two if abs(v) > t2 else a
+            out[j] = level if v > 0 else -level
+        if masked:
+            for j in range(length):
+                out[j] *= keep[r, j]
 
 
-@njit(cache=True, parallel=True)
-def ternary_fake_quantize(values, keep, alpha, delta, twn, refit, iters, q, alpha_out, delta_out):  # pragma: no cover - compiled
+@njit(cache=True, parallel=True, fastmath={"reassoc"})
+def ternary_fake_quantize(values, keep, alpha, delta, twn, refit, iters, q, levels, thresholds):  # pragma: no cover - compiled
     """Ternary's QAT forward on R×L rows, one row per thread: with `refit`, first the step's update over
     the kept weights (TWN: Δ = 0.7·mean|w|, α = mean of |w| > Δ; exact: `iters` rounds of α ← mean of
-    |w| > α/2, Δ = α/2), then q = +α where w > Δ, −α where w ≤ −Δ, else 0 (and 0 where not kept).
-    Sums in float64: within float32 rounding of torch's."""
+    |w| > α/2, Δ = α/2; pruned weights arrive as exact zeros), then q = +α where w > Δ, −α where w ≤ −Δ,
+    else 0, times keep. Sums in float64, vectorized (reassociated, the same order on every run): within
+    float32 rounding of torch's. The new table goes to levels (R×3: −α, 0, α) and thresholds (R×2: −Δ, Δ),
+    as ternary._table writes them."""
     rows, length = values.shape
     masked = keep.shape[0] > 0
     for r in prange(rows):
+        row = values[r]
         a = alpha[r]
         d = delta[r]
         if refit:
             if twn:
                 s = 0.0
-                n = 0
                 for j in range(length):
-                    if not masked or keep[r, j]:
-                        s += abs(values[r, j])
-                        n += 1
+                    s += np.float64(abs(row[j]))
+                n = length
+                if masked:
+                    n = 0
+                    for j in range(length):
+                        n += keep[r, j]
                 d = np.float32(np.float32(0.7) * np.float32(s) / np.float32(max(n, 1)))
                 s = 0.0
                 c = 0
                 for j in range(length):
-                    m = abs(values[r, j])
-                    if (not masked or keep[r, j]) and m > d:
-                        s += m
-                        c += 1
+                    m = abs(row[j])
+                    big = m > d
+                    s += np.float64(m) if big else 0.0
+                    c += 1 if big else 0
                 a = np.float32(s / max(c, 1))
             else:
                 for _ in range(iters):
@@ -214,22 +224,19 @@ def ternary_fake_quantize(values, keep, alpha, delta, twn, refit, iters, q, alph
                     s = 0.0
                     c = 0
                     for j in range(length):
-                        m = abs(values[r, j])
-                        if (not masked or keep[r, j]) and m > half:
-                            s += m
-                            c += 1
+                        m = abs(row[j])
+                        big = m > half
+                        s += np.float64(m) if big else 0.0
+                        c += 1 if big else 0
                     if c > 0:
                         a = np.float32(s / c)
                 d = a / np.float32(2)
-        alpha_out[r] = a
-        delta_out[r] = d
+        levels[r, 0], levels[r, 1], levels[r, 2] = -a, np.float32(0.0), a
+        thresholds[r, 0], thresholds[r, 1] = -d, d
+        out = q[r]
         for j in range(length):
-            v = values[r, j]
-            if masked and keep[r, j] == 0:
-                q[r, j] = 0.0
-            elif v > d:
-                q[r, j] = a
-            elif v <= -d:
-                q[r, j] = -a
-            else:
-                q[r, j] = 0.0
+            v = row[j]
+            out[j] = a if v > d else (-a if v <= -d else np.float32(0.0))
+        if masked:
+            for j in range(length):
+                out[j] *= keep[r, j]

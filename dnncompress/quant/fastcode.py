@@ -29,6 +29,7 @@ import torch
 MAX_CELLS = 1 << 15
 MIN_VALUES = 1 << 12  # below this the table costs more than the search
 COMPILED_FROM = 1 << 15  # values; below this torch's few small passes cost less than leaving torch
+QAT_COMPILED_FROM = 1 << 8  # the fused QAT forwards replace a dozen torch calls: they pay from tiny layers on
 USE_COMPILED = True  # the tests turn it off to compare with the torch paths
 
 
@@ -41,11 +42,11 @@ def _load_kernels():
     return _fastcode_numba
 
 
-def compiled(size: int, *floats: torch.Tensor):
+def compiled(size: int, *floats: torch.Tensor, least: int = COMPILED_FROM):
     """The compiled kernels for a job of `size` values over these float tensors when numba is installed
-    (and not turned off), the job is large and the tensors are float32 on the CPU; else None. The first
-    call imports numba (about a second), never at import time."""
-    if not USE_COMPILED or size < COMPILED_FROM:
+    (and not turned off), the job is at least `least` and the tensors are float32 on the CPU; else None.
+    The first call imports numba (about a second), never at import time."""
+    if not USE_COMPILED or size < least:
         return None
     if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in floats):
         return None
@@ -107,32 +108,39 @@ def fourval_codes(rows: torch.Tensor, big_at: torch.Tensor) -> torch.Tensor | No
     return torch.from_numpy(out)
 
 
+_NO_MASK = np.zeros((0, 0), dtype=np.uint8)
+
+
+def _keep(mask: torch.Tensor | None, shape) -> np.ndarray:
+    return _np(as_bytes(mask.reshape(shape).to(torch.bool))) if mask is not None else _NO_MASK
+
+
 def fourval_fake_quantize(rows: torch.Tensor, mask: torch.Tensor | None, big_at: torch.Tensor, alpha: torch.Tensor,
-                          refit: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(q, α) of FourValue's QAT forward (see the kernel) for R×n rows and per-row big_at/α (R), compiled;
-    None where the torch form must run."""
-    kernels = compiled(rows.numel(), rows, big_at, alpha)
+                          refit: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(q, levels, thresholds) of FourValue's QAT forward (see the kernel) for R×n rows and per-row
+    big_at/α (R), compiled; None where the torch form must run."""
+    kernels = compiled(rows.numel(), rows, big_at, alpha, least=QAT_COMPILED_FROM)
     if kernels is None or rows.dim() != 2 or big_at.numel() != rows.shape[0] or alpha.numel() != rows.shape[0]:
         return None
-    keep = _np(as_bytes(mask.reshape(rows.shape).to(torch.bool))) if mask is not None else np.zeros((0, 0), dtype=np.uint8)
-    q = np.empty(rows.shape, dtype=np.float32)
-    new_alpha = np.empty(rows.shape[0], dtype=np.float32)
-    kernels.fourval_fake_quantize(_np(rows), keep, _np(big_at).reshape(-1), _np(alpha).reshape(-1), refit, q, new_alpha)
-    return torch.from_numpy(q), torch.from_numpy(new_alpha)
+    q = torch.empty(rows.shape)
+    levels, thresholds = torch.empty(rows.shape[0], 4), torch.empty(rows.shape[0], 3)
+    kernels.fourval_fake_quantize(_np(rows), _keep(mask, rows.shape), _np(big_at).reshape(-1), _np(alpha).reshape(-1), refit,
+                                  q.numpy(), levels.numpy(), thresholds.numpy())
+    return q, levels, thresholds
 
 
 def ternary_fake_quantize(rows: torch.Tensor, mask: torch.Tensor | None, alpha: torch.Tensor, delta: torch.Tensor,
                           twn: bool, refit: bool, iters: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """(q, α, Δ) of Ternary's QAT forward (see the kernel) for R×n rows and per-row α, Δ (R), compiled;
-    None where the torch form must run."""
-    kernels = compiled(rows.numel(), rows, alpha, delta)
+    """(q, levels, thresholds) of Ternary's QAT forward (see the kernel) for R×n rows and per-row α, Δ
+    (R), compiled; None where the torch form must run."""
+    kernels = compiled(rows.numel(), rows, alpha, delta, least=QAT_COMPILED_FROM)
     if kernels is None or rows.dim() != 2 or alpha.numel() != rows.shape[0] or delta.numel() != rows.shape[0]:
         return None
-    keep = _np(as_bytes(mask.reshape(rows.shape).to(torch.bool))) if mask is not None else np.zeros((0, 0), dtype=np.uint8)
-    q = np.empty(rows.shape, dtype=np.float32)
-    new_alpha, new_delta = np.empty(rows.shape[0], dtype=np.float32), np.empty(rows.shape[0], dtype=np.float32)
-    kernels.ternary_fake_quantize(_np(rows), keep, _np(alpha).reshape(-1), _np(delta).reshape(-1), twn, refit, iters, q, new_alpha, new_delta)
-    return torch.from_numpy(q), torch.from_numpy(new_alpha), torch.from_numpy(new_delta)
+    q = torch.empty(rows.shape)
+    levels, thresholds = torch.empty(rows.shape[0], 3), torch.empty(rows.shape[0], 2)
+    kernels.ternary_fake_quantize(_np(rows), _keep(mask, rows.shape), _np(alpha).reshape(-1), _np(delta).reshape(-1), twn, refit, iters,
+                                  q.numpy(), levels.numpy(), thresholds.numpy())
+    return q, levels, thresholds
 
 
 def gather_levels(levels: torch.Tensor, codes: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

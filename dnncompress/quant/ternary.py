@@ -72,9 +72,9 @@ class Ternary(ScalarQuantizer):
             fast = ternary_fake_quantize(w.detach().reshape(c, -1).float(), mask, self.levels[:, 2].detach(), self.thresholds[:, 1],
                                          self.options["rule"] == "twn", refit)
         if fast is not None:
-            q, alpha, delta = fast
+            q, levels, thresholds = fast
             if refit:
-                self._store(*_table(alpha.unsqueeze(1), delta.unsqueeze(1)))
+                self._store(levels, thresholds)
             return StraightThrough.apply(w, q.to(w.dtype).reshape(w.shape))
         with torch.no_grad():
             rows = w.detach().reshape(c, -1).float()
