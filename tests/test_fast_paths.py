@@ -227,9 +227,10 @@ def test_compiled_decode_refuses_bad_codes():
 
 @needs_numba
 @pytest.mark.parametrize("pruned", [False, True])
-@pytest.mark.parametrize("scheme, options", [("fourval", {}), ("ternary", {"rule": "twn"}), ("ternary", {"rule": "exact"})], ids=str)
+@pytest.mark.parametrize("scheme, options", [("fourval", {}), ("ternary", {"rule": "twn"}), ("ternary", {"rule": "exact"}),
+                                             ("asym-ternary", {}), ("asym-quaternary", {})], ids=str)
 def test_compiled_closed_form_training_step(scheme, options, pruned, monkeypatch):
-    """The compiled QAT forward of a large four-value or ternary layer: its update matches torch's within
+    """The compiled QAT forward of a four-value, ternary or asymmetric layer: its update matches torch's within
     float32 rounding, its output is exactly what the stored table decodes to, and the gradient passes straight."""
     from dnncompress.quant import fastcode
 

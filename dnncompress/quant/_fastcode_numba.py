@@ -240,3 +240,69 @@ def ternary_fake_quantize(values, keep, alpha, delta, twn, refit, iters, q, leve
         if masked:
             for j in range(length):
                 out[j] *= keep[r, j]
+
+
+@njit(cache=True, parallel=True, fastmath={"reassoc"})
+def asym_fake_quantize(values, keep, ap, an, quaternary, refit, iters, q, levels, thresholds):  # pragma: no cover - compiled
+    """The asymmetric schemes' QAT forward on R×L rows, one row per thread. With `refit`, each half (the
+    kept weights ≥ 0, and those < 0) takes the step's update from its own α (quaternary: `iters` rounds
+    of α ← (Σ|w| + Σ_{|w|>1.5α}|w|) / max(n + 3k, 1); ternary: α ← mean of |w| > α/2). Then the nearest
+    level within the weight's half (an exact zero takes +αp, as it was fitted), times keep. The new
+    table goes to levels/thresholds as asym.py's _table writes them."""
+    rows, length = values.shape
+    masked = keep.shape[0] > 0
+    for r in prange(rows):
+        row = values[r]
+        p = ap[r]
+        m_ = an[r]
+        if refit:
+            for half in range(2):
+                a = p if half == 0 else m_
+                total = 0.0
+                n = 0
+                for j in range(length):
+                    v = row[j]
+                    inside = (v >= 0) if half == 0 else (v < 0)
+                    if inside and (not masked or keep[r, j]):
+                        total += np.float64(abs(v))
+                        n += 1
+                for _ in range(iters):
+                    t = np.float32(1.5) * a if quaternary else a / np.float32(2)
+                    s = 0.0
+                    k = 0
+                    for j in range(length):
+                        v = row[j]
+                        mag = abs(v)
+                        inside = (v >= 0) if half == 0 else (v < 0)
+                        big = inside and mag > t and (not masked or keep[r, j] != 0)
+                        s += np.float64(mag) if big else 0.0
+                        k += 1 if big else 0
+                    if quaternary:
+                        a = np.float32((total + s) / max(n + 3 * k, 1))
+                    elif k > 0:
+                        a = np.float32(s / k)
+                if half == 0:
+                    p = a
+                else:
+                    m_ = a
+        out = q[r]
+        if quaternary:
+            tp, tn = np.float32(1.5) * p, np.float32(1.5) * m_
+            levels[r, 0], levels[r, 1], levels[r, 2], levels[r, 3] = -(m_ + m_), -m_, p, p + p
+            thresholds[r, 0], thresholds[r, 1], thresholds[r, 2] = -tn, np.float32(0.0), tp
+            for j in range(length):
+                v = row[j]
+                if v >= 0:
+                    out[j] = (p + p) if v > tp else p
+                else:
+                    out[j] = -m_ if v > -tn else -(m_ + m_)
+        else:
+            hp, hn = p / np.float32(2), m_ / np.float32(2)
+            levels[r, 0], levels[r, 1], levels[r, 2] = -m_, np.float32(0.0), p
+            thresholds[r, 0], thresholds[r, 1] = -hn, hp
+            for j in range(length):
+                v = row[j]
+                out[j] = p if v > hp else (-m_ if v <= -hn else np.float32(0.0))
+        if masked:
+            for j in range(length):
+                out[j] *= keep[r, j]

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from .base import SCHEMES, ScalarQuantizer, check_table
+from .base import SCHEMES, ScalarQuantizer, StraightThrough, check_table
 from .exact import fourval_alpha, fourval_refine, ternary_alpha, ternary_refine
+from .fastcode import asym_fake_quantize
 
 
 def _halves(rows, valid):
@@ -17,8 +18,31 @@ def _halves(rows, valid):
     return rows.abs(), pos, neg
 
 
+class _Asym(ScalarQuantizer):
+    quaternary = False
+
+    def _alphas(self):
+        """(αp, αn) per row, as 1-D tensors, from the stored levels."""
+        return self.levels[:, 2].detach(), -self.levels[:, 1 if self.quaternary else 0].detach()
+
+    def fake_quantize(self, w, mask=None):
+        """Large enough layers: the step's update and the forward in one compiled pass (fastcode), equal
+        to decode(encode(w)) by the table it stores; otherwise the generic path."""
+        if self.fitted and not (self.training and self.refit == "exact"):
+            refit = self.training and self.refit != "none"
+            with torch.no_grad():
+                ap, an = self._alphas()
+                fast = asym_fake_quantize(w.detach().reshape(self.levels.shape[0], -1).float(), mask, ap, an, self.quaternary, refit)
+            if fast is not None:
+                q, levels, thresholds = fast
+                if refit:
+                    self._store(levels, thresholds)
+                return StraightThrough.apply(w, q.to(w.dtype).reshape(w.shape))
+        return super().fake_quantize(w, mask)
+
+
 @SCHEMES.register("asym-ternary")
-class AsymTernary(ScalarQuantizer):
+class AsymTernary(_Asym):
     scheme = "asym-ternary"
 
     def _tables(self):
@@ -48,8 +72,9 @@ class AsymTernary(ScalarQuantizer):
 
 
 @SCHEMES.register("asym-quaternary")
-class AsymQuaternary(ScalarQuantizer):
+class AsymQuaternary(_Asym):
     scheme = "asym-quaternary"
+    quaternary = True
 
     def _tables(self):
         return {"alpha": torch.cat([self.levels[:, 2:3], -self.levels[:, 1:2]], 1).detach().float().cpu()}  # (αp, αn) per row

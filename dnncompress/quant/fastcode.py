@@ -28,7 +28,7 @@ import torch
 
 MAX_CELLS = 1 << 15
 MIN_VALUES = 1 << 12  # below this the table costs more than the search
-COMPILED_FROM = 1 << 15  # values; below this torch's few small passes cost less than leaving torch
+COMPILED_FROM = 1 << 12  # values; below this torch's few small passes cost less than leaving torch
 QAT_COMPILED_FROM = 1 << 8  # the fused QAT forwards replace a dozen torch calls: they pay from tiny layers on
 USE_COMPILED = True  # the tests turn it off to compare with the torch paths
 
@@ -87,13 +87,13 @@ def _count_compiled(kernels, values: np.ndarray, thresholds: np.ndarray) -> np.n
     if t <= 3:
         kernels.count_linear(values, thresholds, out)
         return out
+    if t <= 15:  # a comparison pass per threshold vectorizes; measured faster than the grid's two lookups
+        kernels.count_passes(values, thresholds, out)
+        return out
     lookup = _grid(torch.from_numpy(thresholds[0])) if thresholds.shape[0] == 1 else None
     if lookup is not None:
         start, inv_width, _, below, inside = lookup
         kernels.count_by_grid(values.reshape(-1), start, inv_width, below[0].numpy(), inside[0].numpy(), out.reshape(-1))
-        return out
-    if t <= 15:
-        kernels.count_passes(values, thresholds, out)
         return out
     return None  # many thresholds per row: torch's search
 
@@ -143,6 +143,21 @@ def ternary_fake_quantize(rows: torch.Tensor, mask: torch.Tensor | None, alpha: 
     return q, levels, thresholds
 
 
+def asym_fake_quantize(rows: torch.Tensor, mask: torch.Tensor | None, ap: torch.Tensor, an: torch.Tensor, quaternary: bool,
+                       refit: bool, iters: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(q, levels, thresholds) of an asymmetric scheme's QAT forward (see the kernel) for R×n rows and
+    per-row αp, αn (R), compiled; None where the torch form must run."""
+    kernels = compiled(rows.numel(), rows, ap, an, least=QAT_COMPILED_FROM)
+    if kernels is None or rows.dim() != 2 or ap.numel() != rows.shape[0] or an.numel() != rows.shape[0]:
+        return None
+    q = torch.empty(rows.shape)
+    width = 4 if quaternary else 3
+    levels, thresholds = torch.empty(rows.shape[0], width), torch.empty(rows.shape[0], width - 1)
+    kernels.asym_fake_quantize(_np(rows), _keep(mask, rows.shape), _np(ap).reshape(-1), _np(an).reshape(-1), quaternary, refit, iters,
+                               q.numpy(), levels.numpy(), thresholds.numpy())
+    return q, levels, thresholds
+
+
 def gather_levels(levels: torch.Tensor, codes: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """levels[r or 0, codes[r, j]] for R×n codes (a table of 1 or R rows), into `out` when given.
     ValueError on a code beyond the table. Differentiable (torch's gather) when the levels need a gradient."""
@@ -175,8 +190,20 @@ def scatter_levels(levels: torch.Tensor, codes: torch.Tensor, keep: torch.Tensor
     return torch.from_numpy(out)
 
 
+_last_grid: list = [None, None]  # (thresholds, grid) of the last call: a QAT step asks again with the same table
+
+
 def _grid(th: torch.Tensor):
     """(start, 1/width, cells, below, inside) for one sorted row, or None where a grid does not pay."""
+    last, grid = _last_grid
+    if last is not None and last.shape == th.shape and last.dtype == th.dtype and torch.equal(last, th):
+        return grid
+    grid = _build_grid(th)
+    _last_grid[:] = [th.detach().clone(), grid]
+    return grid
+
+
+def _build_grid(th: torch.Tensor):
     th64 = th.double()
     gaps = th64[1:] - th64[:-1]
     if not bool(torch.isfinite(th64).all()) or float(gaps.min()) <= 0:
