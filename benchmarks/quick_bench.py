@@ -1,12 +1,13 @@
 """`make bench-quick` (issue 14's guard, a few minutes): the speed ratios, each beside its baseline in the same run.
 
 - QAT step of every scheme against an fp32 step of the same LeNet-5 (forward, backward, Adam; random
-  inputs: speed does not depend on the values), batch 32 and 128. The two models take turns in rounds
-  and the ratio is the median over rounds, so a slow spell of a shared machine lands on both sides.
+  inputs: speed does not depend on the values), batch 32 and 128; three schemes on ResNet-20 at batch
+  32. The two models take turns in rounds and the ratio is the median over rounds, so a slow spell of
+  a shared machine lands on both sides.
 - Whole-file pack and unpack of a four-value VGG-16 (durable file, in memory, new tensors, in place), against the
   copy that does the same memory work; 2/5-bit bit-packing and Huffman/ANS decoding; peak memory of each.
 
-    python benchmarks/quick_bench.py [--rounds 5] [--steps 8]
+    python benchmarks/quick_bench.py [--rounds 9] [--steps 8]
 """
 from __future__ import annotations
 
@@ -45,11 +46,11 @@ TARGET = 1.15
 
 
 class Stepper:
-    def __init__(self, model: nn.Module, batch: int):
+    def __init__(self, model: nn.Module, batch: int, shape=(1, 28, 28)):
         self.model = model.train()
         self.opt = torch.optim.Adam(self.model.parameters(), lr=1e-4)
         g = torch.Generator().manual_seed(0)
-        self.x, self.y = torch.randn(batch, 1, 28, 28, generator=g), torch.randint(0, 10, (batch,), generator=g)
+        self.x, self.y = torch.randn(batch, *shape, generator=g), torch.randint(0, 10, (batch,), generator=g)
         self.loss = nn.CrossEntropyLoss()
 
     def seconds(self, steps: int) -> float:
@@ -63,21 +64,24 @@ class Stepper:
         return statistics.median(times)
 
 
-def qat_rows(rounds: int, steps: int) -> list[list]:
+MODELS = {"lenet5": (1, 28, 28), "resnet20": (3, 32, 32)}
+
+
+def qat_rows(rounds: int, steps: int, arch: str = "lenet5", batches=(32, 128), schemes=SCHEMES) -> list[list]:
     torch.manual_seed(0)
-    base = build_model("lenet5")
+    base = build_model(arch)
     rows = []
-    for batch in (32, 128):
-        fp = Stepper(copy.deepcopy(base), batch)
+    for batch in batches:
+        fp = Stepper(copy.deepcopy(base), batch, MODELS[arch])
         fp.seconds(3)
-        for name, opts in SCHEMES:
+        for name, opts in schemes:
             model = copy.deepcopy(base)
             dnncompress.quantize(model, **opts)
-            q = Stepper(model, batch)
+            q = Stepper(model, batch, MODELS[arch])
             q.seconds(3)
             pairs = [(q.seconds(steps), fp.seconds(steps)) for _ in range(rounds)]
             ratio = statistics.median(a / b for a, b in pairs)
-            rows.append([name, batch, f"{1000 * statistics.median(b for _, b in pairs):.2f}", f"{1000 * statistics.median(a for a, _ in pairs):.2f}",
+            rows.append([arch, name, batch, f"{1000 * statistics.median(b for _, b in pairs):.2f}", f"{1000 * statistics.median(a for a, _ in pairs):.2f}",
                          f"{ratio:.2f}×", "met" if ratio <= TARGET else "MISSED"])
             print(rows[-1], flush=True)
     return rows
@@ -215,17 +219,19 @@ def peak_rows() -> list[list]:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--steps", type=int, default=8)
     args = ap.parse_args()
     t0 = time.perf_counter()
     qat = qat_rows(args.rounds, args.steps)
+    qat += qat_rows(3, 4, "resnet20", (32,), [SCHEMES[0], SCHEMES[2], SCHEMES[6]])
     pack, memcpy_per_byte = pack_rows()
     coders = coder_rows(memcpy_per_byte)
     peaks = peak_rows()
-    body = (f"QAT step (LeNet-5, forward + backward + Adam) against an fp32 step of the same model, taking turns over "
-            f"{args.rounds} rounds of {args.steps} steps; the ratio is the median of the rounds' ratios. Target ≤ {TARGET}×.\n\n")
-    body += table(["scheme", "batch", "fp32 step ms", "QAT step ms", "ratio", f"≤ {TARGET}×"], qat)
+    body = (f"QAT step (forward + backward + Adam) against an fp32 step of the same model, taking turns over "
+            f"{args.rounds} rounds of {args.steps} steps (ResNet-20: 3 rounds of 4); the ratio is the median of the rounds' "
+            f"ratios. Target ≤ {TARGET}×. Random inputs: speed does not depend on the values.\n\n")
+    body += table(["model", "scheme", "batch", "fp32 step ms", "QAT step ms", "ratio", f"≤ {TARGET}×"], qat)
     body += ("\n\nWhole-file packing, in MB/s of the fp32 weights, beside the copy that does the same memory work in the "
              "same run: a warm memcpy (into memory already in use) where the work writes into existing tensors or a "
              "small file; a copy of the state dict into new tensors where it returns new tensors, since fresh memory "
