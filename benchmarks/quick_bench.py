@@ -241,7 +241,8 @@ def main():
     body += table(["operation", "MB/s", "of baseline", "baseline", "target"], coders)
     body += ("\n\nPeak memory of VGG-16 (fourval), each operation in a fresh process, above what the process held "
              "before it (the checkpoint to pack or the model to fill included), as a multiple of the fp32 size; numba's "
-             "import and compiled kernels, paid once per process whatever the model's size, are measured first and apart.\n\n")
+             "import and compiled kernels, paid once per process whatever the model's size, are measured first and apart "
+             "(pack: numba was already loaded while its checkpoint was built).\n\n")
     body += table(["operation", "peak × fp32 size", "numba, once per process", "target", ""], peaks)
     body += f"\n\nThe whole guard took {time.perf_counter() - t0:.0f} s.\n"
     write_section("speed_1_quick", "Speed guard: QAT and packing against their baselines (issue 14)", body, CMD)
