@@ -256,3 +256,47 @@ def test_compiled_closed_form_training_step(scheme, options, pruned, monkeypatch
     assert float((steps_fast != steps_slow).float().mean()) < 1e-3  # only weights within rounding of the moved threshold
     got.sum().backward()
     assert torch.equal(wm.grad, torch.ones_like(w))
+
+
+@needs_numba
+def test_compiled_huffman_decode_equals_numpy_and_refuses_what_numpy_refuses(monkeypatch):
+    """The compiled block walk decodes what the numpy walk decodes, and every corruption the numpy walk
+    refuses (flipped payload bytes, a cut payload, a moved block offset) is refused too."""
+    import numpy as np
+
+    from dnncompress.pack import bitpack, huffman
+
+    rng = np.random.default_rng(3)
+    n = bitpack.COMPILED_FROM + 4096 * 3 + 77  # several blocks and a partial last one
+    p = 0.5 ** np.arange(1, 17)
+    symbols = rng.choice(16, n, p=p / p.sum())
+    lengths, offsets, payload = huffman.encode(symbols, 16)
+
+    def both(lengths, offsets, payload):
+        out = []
+        for use in (True, False):
+            with monkeypatch.context() as m:
+                m.setattr(bitpack, "USE_COMPILED", use)
+                try:
+                    out.append(huffman.decode(lengths, offsets, payload, n))
+                except ValueError:
+                    out.append(None)
+        return out
+
+    fast, slow = both(lengths, offsets, payload)
+    assert np.array_equal(fast, symbols) and np.array_equal(slow, symbols)
+    cases = []
+    for at in rng.integers(0, payload.size - 3, 12):
+        bad = payload.copy()
+        bad[at] ^= 0xFF
+        cases.append((lengths, offsets, bad))
+    cases.append((lengths, offsets, payload[: payload.size // 2]))
+    moved = offsets.copy()
+    moved[2] += 1
+    cases.append((lengths, moved, payload))
+    for case in cases:
+        fast, slow = both(*case)
+        assert (fast is None) == (slow is None)
+        if fast is not None:
+            assert np.array_equal(fast, slow)
+    assert sum(both(*c)[0] is None for c in cases) >= 2  # the cut and the moved offset at least

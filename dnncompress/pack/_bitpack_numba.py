@@ -94,3 +94,37 @@ def spread(data, bits, lanes):  # pragma: no cover - compiled
         table[v] = word
     for i in prange(lanes.size):
         lanes[i] = table[data[i]]
+
+
+@njit(cache=True, parallel=True)
+def huffman_blocks(data, offsets, n, block, maxlen, table_sym, table_len, limit, out):  # pragma: no cover - compiled
+    """huffman.decode's block-parallel walk, one block per work item: each block reads its symbols from
+    its recorded bit offset through the 2^maxlen table. Returns how many blocks failed a check the numpy
+    walk makes too: a window past `limit`, a bit pattern with no code, or a block that does not end where
+    the next begins (the last one: past the payload)."""
+    blocks = offsets.size
+    mask = (1 << maxlen) - 1
+    bad = 0
+    for b in prange(blocks):
+        pos = offsets[b]
+        start = b * block
+        count = min(block, n - start)
+        ok = True
+        for i in range(count):
+            if pos > limit:
+                ok = False
+                break
+            byte = pos >> 3
+            window = (np.int64(data[byte]) << 16) | (np.int64(data[byte + 1]) << 8) | np.int64(data[byte + 2])
+            idx = (window >> (24 - (pos & 7) - maxlen)) & mask
+            sym = table_sym[idx]
+            if sym < 0:
+                ok = False
+                break
+            out[start + i] = sym
+            pos += table_len[idx]
+        if ok and ((b + 1 < blocks and pos != offsets[b + 1]) or (b + 1 == blocks and pos > limit)):
+            ok = False
+        if not ok:
+            bad += 1
+    return bad

@@ -3,7 +3,8 @@
 Encoding writes an MSB-first bitstream. Decoding is block-parallel: the encoder records the
 bit offset of every BLOCK-th symbol, and the decoder advances all blocks together with one
 table lookup per step (2^maxlen-entry table), so the Python loop runs BLOCK times, not once
-per symbol. Code lengths are limited to MAX_LEN bits.
+per symbol; with numba, one compiled loop per block walks the same table. Code lengths are
+limited to MAX_LEN bits.
 """
 from __future__ import annotations
 
@@ -95,13 +96,22 @@ def decode(lengths: np.ndarray, offsets: np.ndarray, payload: np.ndarray, n: int
             raise ValueError("bad Huffman code lengths")
         table_sym[lo:hi] = s
         table_len[lo:hi] = lengths[s]
-    d = np.asarray(payload, dtype=np.uint8).astype(np.int32)  # 24-bit windows fit; 4 bytes per payload byte, not 8
-    if d.size < 3:
+    raw = np.asarray(payload, dtype=np.uint8)
+    if raw.size < 3:
         raise ValueError("Huffman payload is truncated")
     pos = offsets.astype(np.int64)
-    limit = (d.size - 3) * 8  # the last position a window can start at
+    limit = (raw.size - 3) * 8  # the last position a window can start at
     if pos.size and (pos.max() > limit or (np.diff(pos) < 0).any()):
         raise ValueError("Huffman block offsets point past the payload")
+    from .bitpack import compiled
+
+    kernels = compiled(n)
+    if kernels is not None:  # the same walk, one compiled loop per block
+        out = np.empty(n, dtype=np.int16)
+        if kernels.huffman_blocks(raw, pos, n, BLOCK, maxlen, table_sym, table_len, limit, out):
+            raise ValueError("Huffman payload is truncated or corrupt")
+        return out
+    d = raw.astype(np.int32)  # 24-bit windows fit; 4 bytes per payload byte, not 8
     out = np.empty(offsets.size * BLOCK, dtype=np.int16)
     mask = (1 << maxlen) - 1
     last_count = n - (offsets.size - 1) * BLOCK
