@@ -138,8 +138,9 @@ def test_compiled_bit_packing_equals_numpy(bits, monkeypatch):
         assert np.array_equal(fast, slow) and np.array_equal(fast_back, codes) and np.array_equal(slow_back, codes), n
 
 
-needs_numba = pytest.mark.skipif(__import__("importlib").util.find_spec("numba") is None,
-                                 reason="numba not installed: pip install 'dnncompress[fast]'")
+needs_numba = pytest.mark.skipif(__import__("importlib").util.find_spec("numba") is None
+                                 or __import__("os").environ.get("DNNCOMPRESS_NO_NUMBA") == "1",
+                                 reason="numba not installed (pip install 'dnncompress[fast]') or turned off (DNNCOMPRESS_NO_NUMBA=1)")
 
 
 @needs_numba

@@ -45,6 +45,8 @@ def test_few_values_and_pinned_zero():
 
 def test_compiled_and_numpy_programs_agree_bit_for_bit(monkeypatch):
     pytest.importorskip("numba")
+    if __import__("os").environ.get("DNNCOMPRESS_NO_NUMBA") == "1":
+        pytest.skip("compiled kernels turned off (DNNCOMPRESS_NO_NUMBA=1)")
     from dnncompress.quant import kmeans as K
 
     rng = np.random.default_rng(2)

@@ -7,27 +7,18 @@ Codes straddle words when b does not divide 32 (3, 5, 6, 7 bits).
 """
 from __future__ import annotations
 
-import functools
-
 import numpy as np
+
+from ..compiled import kernels as compiled_module
 
 COMPILED_FROM = 1 << 16  # codes; below this the numpy kernels win (and numba is not even imported)
 USE_COMPILED = True  # the tests turn it off to compare with the numpy reference
 
 
-@functools.cache
-def _load_kernels():
-    try:
-        from . import _bitpack_numba
-    except ImportError:
-        return None
-    return _bitpack_numba
-
-
 def compiled(n: int):
     """numba's kernels for n codes (every width but 8, which is a copy), or None when numba is not
     installed (or turned off), or n is too small for it to pay."""
-    return _load_kernels() if USE_COMPILED and n >= COMPILED_FROM else None
+    return compiled_module("dnncompress.pack._bitpack_numba") if USE_COMPILED and n >= COMPILED_FROM else None
 
 
 def words_needed(n: int, bits: int) -> int:

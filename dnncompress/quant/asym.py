@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import SCHEMES, ScalarQuantizer, StraightThrough, check_table
+from .base import SCHEMES, ScalarQuantizer, check_table
 from .exact import fourval_alpha, fourval_refine, ternary_alpha, ternary_refine
 from .fastcode import asym_fake_quantize
 
@@ -34,10 +34,7 @@ class _Asym(ScalarQuantizer):
                 ap, an = self._alphas()
                 fast = asym_fake_quantize(w.detach().reshape(self.levels.shape[0], -1).float(), mask, ap, an, self.quaternary, refit)
             if fast is not None:
-                q, levels, thresholds = fast
-                if refit:
-                    self._store(levels, thresholds)
-                return StraightThrough.apply(w, q.to(w.dtype).reshape(w.shape))
+                return self._adopt(w, fast, refit)
         return super().fake_quantize(w, mask)
 
 

@@ -296,6 +296,14 @@ class ScalarQuantizer(Quantizer):
             self.fit(w, mask)
         return self.from_frame(self.fake_quantize(self.to_frame(w, mask), None))
 
+    def _adopt(self, w: torch.Tensor, fast: tuple, refit: bool) -> torch.Tensor:
+        """The straight-through output of a compiled QAT forward (q, levels, thresholds; fastcode.py),
+        keeping the table it re-fitted."""
+        q, levels, thresholds = fast
+        if refit:
+            self._store(levels, thresholds)
+        return StraightThrough.apply(w, q.to(w.dtype).reshape(w.shape))
+
     def fake_quantize(self, w: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """forward() in the table's frame; re-fits the scales each training step."""
         if not self.fitted:

@@ -20,26 +20,18 @@ NaN weights are not supported (a diverged QAT step); every other value gets sear
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
 import torch
+
+from ..compiled import kernels as compiled_module
 
 MAX_CELLS = 1 << 15
 MIN_VALUES = 1 << 12  # below this the table costs more than the search
 COMPILED_FROM = 1 << 12  # values; below this torch's few small passes cost less than leaving torch
 QAT_COMPILED_FROM = 1 << 8  # the fused QAT forwards replace a dozen torch calls: they pay from tiny layers on
 USE_COMPILED = True  # the tests turn it off to compare with the torch paths
-
-
-@functools.cache
-def _load_kernels():
-    try:
-        from . import _fastcode_numba
-    except ImportError:
-        return None
-    return _fastcode_numba
 
 
 def compiled(size: int, *floats: torch.Tensor, least: int = COMPILED_FROM):
@@ -50,7 +42,7 @@ def compiled(size: int, *floats: torch.Tensor, least: int = COMPILED_FROM):
         return None
     if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in floats):
         return None
-    return _load_kernels()
+    return compiled_module("dnncompress.quant._fastcode_numba")
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

@@ -53,10 +53,7 @@ class FourValue(ScalarQuantizer):
         with torch.no_grad():  # large layers: one compiled pass does the step's α update and the forward
             fast = fourval_fake_quantize(rows.detach().float(), mask, self.thresholds[:, 2], self.levels[:, 2].detach(), refit)
         if fast is not None:
-            q, levels, thresholds = fast
-            if refit:
-                self._store(levels, thresholds)
-            return StraightThrough.apply(w, q.to(w.dtype).reshape(w.shape))
+            return self._adopt(w, fast, refit)
         with torch.no_grad():
             a = rows.detach().abs()  # pruned entries arrive as exact zeros: they never count as big
         if self.training and self.refit == "fast":

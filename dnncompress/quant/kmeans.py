@@ -7,10 +7,10 @@ quantiles), so `kmeans_1d` starts from the *optimal* clustering of a compressed 
 per layer) and polishes it with Lloyd on all values. Optional exact zero (pinned after the DP)."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import torch
+
+from ..compiled import kernels as compiled_module
 
 
 def lloyd_sorted(x_sorted: torch.Tensor, centroids: torch.Tensor, iters: int = 100, pin_zero: bool = False) -> torch.Tensor:
@@ -74,13 +74,9 @@ def _numba_program():
     """The compiled dynamic program, built on first use (importing numba costs a second: never at import time)."""
     if not _COMPILED:
         _COMPILED.append(None)
-        if os.environ.get("DNNCOMPRESS_NO_NUMBA") != "1":
-            try:
-                from ._kmeans_numba import optimal
-            except ImportError:
-                pass
-            else:
-                _COMPILED[0] = optimal
+        module = compiled_module("dnncompress.quant._kmeans_numba")
+        if module is not None:
+            _COMPILED[0] = module.optimal
     return _COMPILED[0]
 
 

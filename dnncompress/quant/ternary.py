@@ -72,10 +72,7 @@ class Ternary(ScalarQuantizer):
             fast = ternary_fake_quantize(w.detach().reshape(c, -1).float(), mask, self.levels[:, 2].detach(), self.thresholds[:, 1],
                                          self.options["rule"] == "twn", refit)
         if fast is not None:
-            q, levels, thresholds = fast
-            if refit:
-                self._store(levels, thresholds)
-            return StraightThrough.apply(w, q.to(w.dtype).reshape(w.shape))
+            return self._adopt(w, fast, refit)
         with torch.no_grad():
             rows = w.detach().reshape(c, -1).float()
             if self.training and self.refit != "none":
