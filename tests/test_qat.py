@@ -125,3 +125,32 @@ def test_dynamic_codebook_mean_gradient_ignores_pruned_weights():
     mask = compression_of(layer).mask.bool()
     used = torch.unique(q._last_codes[mask]).long()  # codes are bytes: a uint8 index would be a mask
     assert torch.allclose(q.levels.grad[0, used], torch.ones(len(used)))
+
+
+def test_evaluate_fake_quantizes_each_layer_once_and_gives_the_same_result(monkeypatch):
+    """evaluate caches the parametrized weights (torch's parametrize.cached): the weights cannot change
+    there, so every batch sees the same quantized values, computed once per layer instead of per batch."""
+    from torch.utils.data import TensorDataset
+
+    from dnncompress.models import build_model
+    from dnncompress.surgery import CompressedWeight
+    from dnncompress.train import evaluate
+
+    torch.manual_seed(0)
+    model = build_model("lenet5")
+    dnncompress.quantize(model, scheme="codebook", bits=4)
+    data = TensorDataset(torch.randn(60, 1, 28, 28), torch.randint(0, 10, (60,)))
+    calls = []
+    original = CompressedWeight.forward
+
+    def counted(self, w):
+        calls.append(1)
+        return original(self, w)
+
+    monkeypatch.setattr(CompressedWeight, "forward", counted)
+    result = evaluate(model, data, batch_size=10)  # 6 batches, 4 quantized layers
+    assert len(calls) == 4
+    model.eval()
+    with torch.no_grad():
+        logits = torch.cat([model(x) for x in data.tensors[0].split(10)])
+    assert result["accuracy"] == 100.0 * int((logits.argmax(1) == data.tensors[1]).sum()) / 60

@@ -110,7 +110,8 @@ def build_model(arch: str, arch_kwargs: dict | None = None, structure: dict | No
     try:
         model = factory(**_accepted_kwargs(factory, arch_kwargs or {}))
     except (TypeError, ValueError) as e:
-        raise UserError(f"cannot build '{arch}' with {arch_kwargs}: {e}") from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]  # torch's argument errors run to many lines
+        raise UserError(f"cannot build '{arch}' with {arch_kwargs}: {first}") from None
     if not isinstance(model, nn.Module):
         raise UserError(f"architecture '{arch}' returned {type(model).__name__}, not a torch.nn.Module")
     if structure:
