@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
 import click
@@ -62,7 +63,9 @@ class Group(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as e:
-            fail(str(e).splitlines()[0] if str(e) else "bad input", 2)
+            message = str(e).splitlines()[0] if str(e) else "bad input"
+            traceback.clear_frames(e.__traceback__)  # free the failed run's model now, not in a later GC pass
+            fail(message, 2)
         except KeyboardInterrupt:
             fail("interrupted", 130)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
