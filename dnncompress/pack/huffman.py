@@ -12,6 +12,8 @@ import heapq
 
 import numpy as np
 
+from .bitpack import compiled
+
 MAX_LEN = 16
 BLOCK = 4096
 
@@ -103,8 +105,6 @@ def decode(lengths: np.ndarray, offsets: np.ndarray, payload: np.ndarray, n: int
     limit = (raw.size - 3) * 8  # the last position a window can start at
     if pos.size and (pos.max() > limit or (np.diff(pos) < 0).any()):
         raise ValueError("Huffman block offsets point past the payload")
-    from .bitpack import compiled
-
     kernels = compiled(n)
     if kernels is not None:  # the same walk, one compiled loop per block
         out = np.empty(n, dtype=np.int16)

@@ -142,6 +142,38 @@ def scatter_rows(levels, codes, keep, out):  # pragma: no cover - compiled
     return used, bad
 
 
+@njit(cache=True, inline="always")
+def _kept(keep, r, length):  # pragma: no cover - compiled
+    """How many weights of row r are kept (every one without a mask: keep is 0×0)."""
+    if keep.shape[0] == 0:
+        return length
+    n = 0
+    for j in range(length):
+        n += keep[r, j]
+    return n
+
+
+@njit(cache=True, inline="always")
+def _sum_above(row, t):  # pragma: no cover - compiled
+    """(Σ|w|, count) over the weights of a row with |w| > t (pruned zeros never are: t ≥ 0)."""
+    s = 0.0
+    c = 0
+    for j in range(row.size):
+        m = abs(row[j])
+        big = m > t
+        s += np.float64(m) if big else 0.0
+        c += 1 if big else 0
+    return s, c
+
+
+@njit(cache=True, inline="always")
+def _apply_keep(out, keep, r):  # pragma: no cover - compiled
+    """out ×= keep[r] (nothing without a mask): pruned positions become 0, −0.0 where q was negative, as torch's q·mask."""
+    if keep.shape[0] > 0:
+        for j in range(out.size):
+            out[j] *= keep[r, j]
+
+
 @njit(cache=True, parallel=True, fastmath={"reassoc"})
 def fourval_fake_quantize(values, keep, big_at, alpha, refit, q, levels, thresholds):  # pragma: no cover - compiled
     """FourValue's QAT forward on R×L rows, one row per thread (the row stays in cache between the two
@@ -152,7 +184,6 @@ def fourval_fake_quantize(values, keep, big_at, alpha, refit, q, levels, thresho
     within float32 rounding of torch's float32 sums. The new table goes to levels (R×4: −2α, −α, α, 2α)
     and thresholds (R×3: −1.5α, 0, 1.5α), as fourval._table writes them."""
     rows, length = values.shape
-    masked = keep.shape[0] > 0
     for r in prange(rows):
         row = values[r]
         a = alpha[r]
@@ -165,12 +196,7 @@ def fourval_fake_quantize(values, keep, big_at, alpha, refit, q, levels, thresho
                 big = m > t
                 s += np.float64(m) * (2.0 if big else 1.0)
                 k += 1 if big else 0
-            n = length
-            if masked:
-                n = 0
-                for j in range(length):
-                    n += keep[r, j]
-            a = np.float32(s / max(n + 3 * k, 1))
+            a = np.float32(s / max(_kept(keep, r, length) + 3 * k, 1))
         t2 = np.float32(1.5) * a
         two = a + a
         levels[r, 0], levels[r, 1], levels[r, 2], levels[r, 3] = -two, -a, a, two
@@ -180,9 +206,7 @@ def fourval_fake_quantize(values, keep, big_at, alpha, refit, q, levels, thresho
             v = row[j]
             level = two if abs(v) > t2 else a
             out[j] = level if v > 0 else -level
-        if masked:
-            for j in range(length):
-                out[j] *= keep[r, j]
+        _apply_keep(out, keep, r)
 
 
 @njit(cache=True, parallel=True, fastmath={"reassoc"})
@@ -194,7 +218,6 @@ def ternary_fake_quantize(values, keep, alpha, delta, twn, refit, iters, q, leve
     float32 rounding of torch's. The new table goes to levels (R×3: −α, 0, α) and thresholds (R×2: −Δ, Δ),
     as ternary._table writes them."""
     rows, length = values.shape
-    masked = keep.shape[0] > 0
     for r in prange(rows):
         row = values[r]
         a = alpha[r]
@@ -204,30 +227,12 @@ def ternary_fake_quantize(values, keep, alpha, delta, twn, refit, iters, q, leve
                 s = 0.0
                 for j in range(length):
                     s += np.float64(abs(row[j]))
-                n = length
-                if masked:
-                    n = 0
-                    for j in range(length):
-                        n += keep[r, j]
-                d = np.float32(np.float32(0.7) * np.float32(s) / np.float32(max(n, 1)))
-                s = 0.0
-                c = 0
-                for j in range(length):
-                    m = abs(row[j])
-                    big = m > d
-                    s += np.float64(m) if big else 0.0
-                    c += 1 if big else 0
+                d = np.float32(np.float32(0.7) * np.float32(s) / np.float32(max(_kept(keep, r, length), 1)))
+                s, c = _sum_above(row, d)
                 a = np.float32(s / max(c, 1))
             else:
                 for _ in range(iters):
-                    half = a / np.float32(2)
-                    s = 0.0
-                    c = 0
-                    for j in range(length):
-                        m = abs(row[j])
-                        big = m > half
-                        s += np.float64(m) if big else 0.0
-                        c += 1 if big else 0
+                    s, c = _sum_above(row, a / np.float32(2))
                     if c > 0:
                         a = np.float32(s / c)
                 d = a / np.float32(2)
@@ -237,9 +242,7 @@ def ternary_fake_quantize(values, keep, alpha, delta, twn, refit, iters, q, leve
         for j in range(length):
             v = row[j]
             out[j] = a if v > d else (-a if v <= -d else np.float32(0.0))
-        if masked:
-            for j in range(length):
-                out[j] *= keep[r, j]
+        _apply_keep(out, keep, r)
 
 
 @njit(cache=True, parallel=True, fastmath={"reassoc"})
@@ -303,6 +306,4 @@ def asym_fake_quantize(values, keep, ap, an, quaternary, refit, iters, q, levels
             for j in range(length):
                 v = row[j]
                 out[j] = p if v > hp else (-m_ if v <= -hn else np.float32(0.0))
-        if masked:
-            for j in range(length):
-                out[j] *= keep[r, j]
+        _apply_keep(out, keep, r)

@@ -9,7 +9,7 @@ import torch
 
 from .base import SCHEMES, ScalarQuantizer, check_table
 from .exact import fourval_alpha, fourval_refine, ternary_alpha, ternary_refine
-from .fastcode import asym_fake_quantize
+from .fastcode import fused_forward
 
 
 def _halves(rows, valid):
@@ -32,7 +32,8 @@ class _Asym(ScalarQuantizer):
             refit = self.training and self.refit != "none"
             with torch.no_grad():
                 ap, an = self._alphas()
-                fast = asym_fake_quantize(w.detach().reshape(self.levels.shape[0], -1).float(), mask, ap, an, self.quaternary, refit)
+                fast = fused_forward("asym_fake_quantize", w.detach().reshape(self.levels.shape[0], -1).float(), mask, (ap, an),
+                                     4 if self.quaternary else 3, self.quaternary, refit, 2)
             if fast is not None:
                 return self._adopt(w, fast, refit)
         return super().fake_quantize(w, mask)

@@ -107,46 +107,19 @@ def _keep(mask: torch.Tensor | None, shape) -> np.ndarray:
     return _np(as_bytes(mask.reshape(shape).to(torch.bool))) if mask is not None else _NO_MASK
 
 
-def fourval_fake_quantize(rows: torch.Tensor, mask: torch.Tensor | None, big_at: torch.Tensor, alpha: torch.Tensor,
-                          refit: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """(q, levels, thresholds) of FourValue's QAT forward (see the kernel) for R×n rows and per-row
-    big_at/α (R), compiled; None where the torch form must run."""
-    kernels = compiled(rows.numel(), rows, big_at, alpha, least=QAT_COMPILED_FROM)
-    if kernels is None or rows.dim() != 2 or big_at.numel() != rows.shape[0] or alpha.numel() != rows.shape[0]:
+def fused_forward(kernel: str, rows: torch.Tensor, mask: torch.Tensor | None, per_row: tuple, width: int,
+                  *options) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """(q, levels, thresholds) of a scheme's compiled QAT forward: the kernel `kernel` of
+    _fastcode_numba.py (fourval_/ternary_/asym_fake_quantize, whose docstrings say what each computes)
+    on R×n rows, with `per_row` the scheme's current numbers (one value per row each), `options` its
+    flags and a table `width` levels wide. None where the torch form must run."""
+    kernels = compiled(rows.numel(), rows, *per_row, least=QAT_COMPILED_FROM)
+    if kernels is None or rows.dim() != 2 or any(t.numel() != rows.shape[0] for t in per_row):
         return None
     q = torch.empty(rows.shape)
-    levels, thresholds = torch.empty(rows.shape[0], 4), torch.empty(rows.shape[0], 3)
-    kernels.fourval_fake_quantize(_np(rows), _keep(mask, rows.shape), _np(big_at).reshape(-1), _np(alpha).reshape(-1), refit,
-                                  q.numpy(), levels.numpy(), thresholds.numpy())
-    return q, levels, thresholds
-
-
-def ternary_fake_quantize(rows: torch.Tensor, mask: torch.Tensor | None, alpha: torch.Tensor, delta: torch.Tensor,
-                          twn: bool, refit: bool, iters: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """(q, levels, thresholds) of Ternary's QAT forward (see the kernel) for R×n rows and per-row α, Δ
-    (R), compiled; None where the torch form must run."""
-    kernels = compiled(rows.numel(), rows, alpha, delta, least=QAT_COMPILED_FROM)
-    if kernels is None or rows.dim() != 2 or alpha.numel() != rows.shape[0] or delta.numel() != rows.shape[0]:
-        return None
-    q = torch.empty(rows.shape)
-    levels, thresholds = torch.empty(rows.shape[0], 3), torch.empty(rows.shape[0], 2)
-    kernels.ternary_fake_quantize(_np(rows), _keep(mask, rows.shape), _np(alpha).reshape(-1), _np(delta).reshape(-1), twn, refit, iters,
-                                  q.numpy(), levels.numpy(), thresholds.numpy())
-    return q, levels, thresholds
-
-
-def asym_fake_quantize(rows: torch.Tensor, mask: torch.Tensor | None, ap: torch.Tensor, an: torch.Tensor, quaternary: bool,
-                       refit: bool, iters: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """(q, levels, thresholds) of an asymmetric scheme's QAT forward (see the kernel) for R×n rows and
-    per-row αp, αn (R), compiled; None where the torch form must run."""
-    kernels = compiled(rows.numel(), rows, ap, an, least=QAT_COMPILED_FROM)
-    if kernels is None or rows.dim() != 2 or ap.numel() != rows.shape[0] or an.numel() != rows.shape[0]:
-        return None
-    q = torch.empty(rows.shape)
-    width = 4 if quaternary else 3
     levels, thresholds = torch.empty(rows.shape[0], width), torch.empty(rows.shape[0], width - 1)
-    kernels.asym_fake_quantize(_np(rows), _keep(mask, rows.shape), _np(ap).reshape(-1), _np(an).reshape(-1), quaternary, refit, iters,
-                               q.numpy(), levels.numpy(), thresholds.numpy())
+    getattr(kernels, kernel)(_np(rows), _keep(mask, rows.shape), *(_np(t).reshape(-1) for t in per_row), *options,
+                             q.numpy(), levels.numpy(), thresholds.numpy())
     return q, levels, thresholds
 
 

@@ -5,7 +5,7 @@ import torch
 
 from .base import SCHEMES, ScalarQuantizer, StraightThrough, check_table
 from .exact import fourval_alpha
-from .fastcode import as_bytes, fourval_codes, fourval_fake_quantize
+from .fastcode import as_bytes, fourval_codes, fused_forward
 
 
 def _table(alpha: torch.Tensor):
@@ -51,7 +51,7 @@ class FourValue(ScalarQuantizer):
         rows = w.reshape(c, -1)
         refit = self.training and self.refit == "fast"
         with torch.no_grad():  # large layers: one compiled pass does the step's α update and the forward
-            fast = fourval_fake_quantize(rows.detach().float(), mask, self.thresholds[:, 2], self.levels[:, 2].detach(), refit)
+            fast = fused_forward("fourval_fake_quantize", rows.detach().float(), mask, (self.thresholds[:, 2], self.levels[:, 2].detach()), 4, refit)
         if fast is not None:
             return self._adopt(w, fast, refit)
         with torch.no_grad():

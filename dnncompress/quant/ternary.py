@@ -6,7 +6,7 @@ import torch
 from ..errors import UserError
 from .base import SCHEMES, ScalarQuantizer, StraightThrough, check_table
 from .exact import ternary_alpha, ternary_refine
-from .fastcode import as_bytes, ternary_fake_quantize
+from .fastcode import as_bytes, fused_forward
 
 
 def _table(alpha: torch.Tensor, delta: torch.Tensor):
@@ -69,8 +69,8 @@ class Ternary(ScalarQuantizer):
         c = self.levels.shape[0]
         refit = self.training and self.refit != "none"
         with torch.no_grad():  # large layers: the step's update and the forward in one compiled pass
-            fast = ternary_fake_quantize(w.detach().reshape(c, -1).float(), mask, self.levels[:, 2].detach(), self.thresholds[:, 1],
-                                         self.options["rule"] == "twn", refit)
+            fast = fused_forward("ternary_fake_quantize", w.detach().reshape(c, -1).float(), mask,
+                                 (self.levels[:, 2].detach(), self.thresholds[:, 1]), 3, self.options["rule"] == "twn", refit, 2)
         if fast is not None:
             return self._adopt(w, fast, refit)
         with torch.no_grad():
