@@ -4,7 +4,7 @@ from __future__ import annotations
 
 ARCHITECTURES = ["vgg16", "mobilenet", "alexnet", "lenet300", "lenet5", "lenet5-classic", "resnet20", "resnet32", "resnet44", "resnet56"]
 DATASETS = ["mnist", "cifar10", "cifar100", "digits", "synthetic", "imagefolder"]
-STAGES = ["train", "finetune", "joint", "pack", "prune", "quantize"]
+STAGES = ["train", "finetune", "joint", "pack", "prune", "quantize", "shrink"]
 SCHEMES = ["asym-ternary", "asym-quaternary", "codebook", "fourval", "pq", "ternary"]
 
 

@@ -135,11 +135,11 @@ def report_packed(dnc_path: str | os.PathLike, fp32_bytes: int | None = None, ar
             "bits_per_weight": 8 * file_bytes / max(total_params, 1), "metrics": spec.get("metrics", {})}
 
 
-def report_checkpoint(ckpt: dict, entropy: str = "none") -> dict:
+def report_checkpoint(ckpt: dict, entropy: str = "none", fp16: bool = False) -> dict:
     """Pack to a temporary .dnc and report it: a checkpoint's size is what it would pack to."""
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "model.dnc"
-        write_packed(ckpt, path, entropy)
+        write_packed(ckpt, path, entropy, fp16)
         # after structured pruning, against the architecture before it (report_packed builds it), as for a .dnc
         out = report_packed(path, None if ckpt.get("structure") else fp32_file_bytes(ckpt["state_dict"]),
                             order=list(ckpt["state_dict"]))

@@ -15,6 +15,7 @@ COMMANDS = {
     "finetune": ("finetune", "finetune", "Fine-tune a checkpoint; pruned weights stay zero, quantized ones train (QAT)."),
     "quantize": ("quantize", "quantize", "Quantize every Conv/Linear weight (post-training or calibrated)."),
     "joint": ("joint", "joint", "Choose per-layer sparsity and bit-width under a size target."),
+    "shrink": ("shrink", "shrink", "Remove whole filters and neurons until the packed file fits a byte target."),
     "prune": ("prune", "prune", "Prune weights by magnitude, or whole channels/neurons (--structured)."),
     "pack": ("pack", "pack", "Pack a checkpoint into a .dnc file as small as reported."),
     "unpack": ("unpack", "unpack", "Restore a checkpoint from a .dnc."),

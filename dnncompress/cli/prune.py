@@ -21,11 +21,12 @@ from .common import (
 )
 
 EXAMPLE = "dnncompress prune base.pt --sparsity auto --max-drop 0.5 --plot sens.png -o pruned.pt"
-FIELDS = ["scope", "max_drop", "plot", "structured", "flops", "importance"]
+FIELDS = ["scope", "max_drop", "plot", "structured", "flops", "importance", "recover_epochs"]
 HELP = {"max_drop": "auto: accuracy budget in points (before fine-tuning)", "plot": "auto: write the sensitivity curves as PNG",
         "structured": "remove whole Conv filters (channel) or Linear neurons (neuron): the model shrinks",
         "flops": "structured: the fraction of FLOPs to remove (instead of --sparsity's fraction of units)",
-        "importance": "structured: score units by L1 / L2 norm or taylor (gradient × weight on training batches)"}
+        "importance": "structured: score units by L1 / L2 norm or taylor (gradient × weight on training batches)",
+        "recover_epochs": "structured auto: fine-tune each candidate this many epochs before measuring its validation drop"}
 
 
 def print_structured(result: dict, out) -> None:
