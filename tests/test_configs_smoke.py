@@ -16,7 +16,7 @@ SHRINK = {"epochs": 1, "prune_epochs": 1, "qat_epochs": 1, "sparsities": [0.0, 0
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_config_smoke_run(path, in_tmp):
     original = load_config(path)
-    structured = any(getattr(params, "structured", None) for _, params in original.stages)
+    structured = any(getattr(params, "structured", None) or name == "shrink" for name, params in original.stages)
     # A config that names layers (overrides, exclude, blocks) keeps its own model: the names must match (a typo is
     # an error). Otherwise lenet300 is the fast one; structured channel pruning needs convs.
     names_layers = any(getattr(params, k, None) not in (None, [], {}, ()) and not isinstance(getattr(params, k), int)
