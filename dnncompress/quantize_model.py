@@ -44,6 +44,9 @@ def quantize(
     overrides: dict | None = None,
     calibration=None,
     calibration_options: dict | None = None,
+    target_bits: float | None = None,
+    bits_choices: Iterable[int] | None = None,
+    progress=None,
     **options,
 ) -> list[dict]:
     """Put a fitted quantizer on each Conv/Linear (any module with a 2-D+ weight) matching include/exclude.
@@ -53,7 +56,10 @@ def quantize(
     Existing pruning masks are respected. `calibration` (a tensor of inputs, a list of batches or a
     DataLoader of (x, y); a dict of tensors is passed as keyword inputs) turns on calibrated PTQ: each
     layer minimizes its output error on them (`dnncompress.calibrate`; `calibration_options` go to it:
-    damp, refit, weighting). Returns the per-layer summary.
+    damp, refit, weighting). `target_bits` (codebook, pq: schemes with a bit width) chooses each layer's bits
+    from `bits_choices` so that the quantized layers average at most that many bits per weight, codes and
+    tables counted, least harm to the model's output on the calibration data first (`dnncompress.mixed`); a
+    layer whose override sets its bits keeps them. Returns the per-layer summary.
     """
     if "codebook" in options:  # the CLI's name for the codebook mode
         options["mode"] = options.pop("codebook")
@@ -61,6 +67,8 @@ def quantize(
     layers = compressible_layers(model, include, exclude)
     if not layers:
         raise UserError("no layer matched: quantize needs modules with a 2-D+ weight (check include/exclude patterns)")
+    if target_bits is not None:
+        overrides = _allocated(model, layers, scheme, options, overrides, calibration, target_bits, bits_choices, progress)
     quantized = []
     for name, module in layers.items():
         opts = _options_for(name, {"scheme": scheme, **options}, overrides)
@@ -78,6 +86,46 @@ def quantize(
         errors = {r.pop("layer"): r for r in calibrate(model, calibration_batches(calibration, next(model.parameters()).device),
                                                     **(calibration_options or {}))}
     return [{**layer_summary(name, layers[name]), **errors.get(name, {})} for name in quantized]
+
+
+def _allocated(model, layers, scheme, options, overrides, calibration, target_bits, bits_choices, progress) -> dict:
+    """The overrides with every free layer's bits chosen under the byte budget `target_bits` implies."""
+    import glob
+    import math
+
+    from . import mixed
+    from .pack.layers import storage_bytes
+
+    if not isinstance(target_bits, (int, float)) or not math.isfinite(target_bits) or target_bits <= 0:
+        raise UserError(f"target_bits must be a positive number of bits per weight, e.g. 4, got {target_bits!r}")
+    if calibration is None:
+        raise UserError("target_bits chooses each layer's bits by its effect on the model's output: it needs calibration data "
+                        "(--calibrate N, or calibration=... in Python)")
+    choices = tuple(sorted(set(bits_choices or mixed.BITS)))
+    per_layer = {n: _options_for(n, {"scheme": scheme, **options}, overrides) for n in layers}
+    fixed = {n for n in layers if any(fnmatch.fnmatchcase(n, p) and "bits" in (e or {}) for p, e in (overrides or {}).items())}
+    free, fixed_bytes = {}, 0
+    for name, opts in per_layer.items():
+        if opts.get("skip"):
+            continue
+        rest = {k: v for k, v in opts.items() if k != "scheme"}
+        w = shadow_weight(layers[name]).detach()
+        comp = compression_of(layers[name])
+        if name in fixed:
+            fixed_bytes += storage_bytes(make_quantizer(opts["scheme"], **rest).fit(w, comp.mask if comp else None).storage(w, comp.mask if comp else None))
+            continue
+        try:
+            widths = {make_quantizer(opts["scheme"], **{**rest, "bits": b}).bits for b in (choices[0], choices[-1])}
+        except (UserError, TypeError):
+            widths = set()
+        if widths != {choices[0], choices[-1]}:
+            raise UserError(f"target_bits picks a bit width per layer, and '{opts['scheme']}' has a fixed one: use codebook or pq")
+        free[name] = layers[name]
+    total = sum(shadow_weight(layers[n]).numel() for n, o in per_layer.items() if not o.get("skip"))
+    budget = target_bits * total / 8 - fixed_bytes
+    table = mixed.scan(model, free, per_layer, calibration_batches(calibration, next(model.parameters()).device), choices, progress)
+    bits, _ = mixed.allocate(table, budget)
+    return {**(overrides or {}), **{glob.escape(n): {"bits": b} for n, b in bits.items()}}
 
 
 def calibration_batches(data, device) -> list:

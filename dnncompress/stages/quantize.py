@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ..checkpoint import derive
-from ..checks import whole
+from ..checks import finite, whole
 from ..errors import UserError
 from ..quant import SCHEMES
 from ..quantize_model import merge_override, quantize
@@ -30,6 +30,9 @@ class QuantizeParams:
     rotate: bool = False  # quantize in a randomized Hadamard frame (scalar schemes; unpruned layers)
     options: dict = field(default_factory=dict)  # any scheme's own options by name, e.g. pq: {d: 4, table: fp16}
     calibrate: int = 0  # calibrated PTQ (GPTQ-style, the scheme's own levels) on this many validation samples; 0: data-free
+    # mixed precision: each layer's bits (codebook, pq) chosen so the quantized layers average at most this many bits per
+    # weight, codes and tables counted, by each layer's effect on the output over the calibration samples
+    target_bits: float | None = None
     include: list = field(default_factory=lambda: ["*"])
     exclude: list = field(default_factory=list)
     overrides: dict = field(default_factory=dict)
@@ -41,6 +44,10 @@ class QuantizeParams:
 
         make_quantizer(self.scheme, **self.quantizer_options())  # conflicts fail at validation, not after loading data
         whole(self.calibrate, "calibrate", 0, 1 << 24)
+        if self.target_bits is not None:
+            finite(self.target_bits, "target-bits", 0.0, 32.0, low_open=True, hint="bits per weight, e.g. 4")
+            if not self.calibrate:
+                raise UserError("--target-bits chooses each layer's bits by its effect on the output: add --calibrate N (validation samples)")
         if not isinstance(self.options, dict) or not all(isinstance(k, str) for k in self.options):
             raise UserError("quantize options must map option names to values, e.g. {d: 4}")
         if not isinstance(self.overrides, dict):
@@ -77,11 +84,15 @@ def quantize_stage(ckpt, p: QuantizeParams, ctx: Context) -> StageOutput:
     if p.calibrate:
         val = ctx.validation(ckpt, "--calibrate")
         calibration = val.tensors[0][: p.calibrate]
-    summary = quantize(model, p.scheme, p.include, p.exclude, p.overrides, calibration=calibration, **p.quantizer_options())
+    summary = quantize(model, p.scheme, p.include, p.exclude, p.overrides, calibration=calibration, target_bits=p.target_bits,
+                       progress=ctx.progress, **p.quantizer_options())
     out = update_checkpoint(derive(ckpt), model)
     result = {"layers": summary}
     if calibration is not None:
         result["calibration"] = {"samples": len(calibration), "split": "validation"}
+    if p.target_bits is not None:
+        result["allocation"] = {"target_bits": p.target_bits, "chosen_on": f"validation ({len(calibration)} samples)",
+                                "bits": {r["layer"]: r["bits"] for r in summary}}
     if p.evaluate:
         bundle = ctx.data_for(ckpt)
         metrics = evaluate(model, bundle.test, device=ctx.device)
