@@ -207,3 +207,15 @@ def test_joint_keeps_its_target_on_the_real_file_or_says_missed(tmp_path):
     assert not res["target_met"] and res["status"].startswith("MISSED") and 1 <= len(res["attempts"]) <= 2
     assert any("MISSED" in m for m in logs)
     assert load_checkpoint(tmp_path / "m.pt")["history"][-1]["result"]["status"].startswith("MISSED")
+
+
+def test_cli_joint_prints_its_choice_and_says_missed(in_tmp, tiny_ckpt):
+    from click.testing import CliRunner
+
+    from dnncompress.cli import main
+
+    r = CliRunner().invoke(main, ["joint", str(tiny_ckpt), "--target-bytes", "1500", "--prune-epochs", "1", "--qat-epochs", "1",
+                                  "--retries", "0", "-o", "j.pt"])
+    assert r.exit_code == 0, r.output
+    assert "MISSED" in r.stdout and "scan drop" in r.stdout  # the table, MISSED in its title
+    assert "MISSED" in r.stderr and (in_tmp / "j.pt").exists()

@@ -15,6 +15,7 @@ from .common import (
     params_from,
     resume_options,
     run_stage,
+    stdout_console,
     with_options,
 )
 
@@ -37,4 +38,20 @@ def joint(checkpoint, data, data_dir, device, arch, trust, output, resume, snaps
     path, ckpt = load_input(checkpoint, arch, trust)
     with ProgressBar("joint") as bar:
         ctx = make_context(data, data_dir, device, params.seed, bar, resume, snapshot_every)
-        run_stage("joint", params, path, ckpt, output, ctx, json_out)
+        out, _, result = run_stage("joint", params, path, ckpt, output, ctx, json_out)
+    if not json_out:
+        print_joint(result, out)  # (a MISSED target is also said on stderr, by the stage's log)
+
+
+def print_joint(result: dict, out) -> None:
+    """The per-layer choice and whether the packed file kept the target (MISSED in the title when it did not)."""
+    from rich.table import Table
+
+    verdict = "met" if result["target_met"] else "MISSED"
+    t = Table(title=f"joint → {out}: packed {result['packed_bytes']:,} bytes ({result['ratio']:.1f}×), target "
+                    f"{result['target_bytes']:,}: {verdict}; chosen on {result['chosen_on']}")
+    for c in ("layer", "params", "sparsity", "bits", "scan drop (pt)", "est. bytes"):
+        t.add_column(c, justify="left" if c == "layer" else "right")
+    for r in result["layers"]:
+        t.add_row(r["layer"], f"{r['params']:,}", f"{100 * r['sparsity']:.0f}%", str(r["bits"]), f"{r['scan_drop']:+.2f}", f"{r['est_bytes']:,}")
+    stdout_console().print(t)
