@@ -219,3 +219,38 @@ def test_cli_joint_prints_its_choice_and_says_missed(in_tmp, tiny_ckpt):
     assert r.exit_code == 0, r.output
     assert "MISSED" in r.stdout and "scan drop" in r.stdout  # the table, MISSED in its title
     assert "MISSED" in r.stderr and (in_tmp / "j.pt").exists()
+
+
+def test_joint_rounds_rechoose_from_the_model_the_last_round_left(tmp_path):
+    """rounds=2: the second allocation is scanned on the partly pruned model, and AGP starts where each layer is."""
+    from dnncompress.stages import Context, execute
+    from dnncompress.stages.joint import JointParams
+    from dnncompress.stages.training import TrainParams
+
+    ctx = Context(data_name="synthetic", run_dir=str(tmp_path))
+    base, _ = execute("train", TrainParams(arch="lenet300", epochs=1), None, tmp_path / "base.pt", ctx)
+    grid = dict(sparsities=[0.0, 0.8, 0.95], bits=[2, 4], prune_epochs=2, qat_epochs=1, retries=1)
+    logs = []
+    out, res = execute("joint", JointParams(target_ratio=40, rounds=2, **grid), base, tmp_path / "j.pt", Context(run_dir=str(tmp_path), log=logs.append))
+    assert len(res["rounds"]) == 2 and res["rounds"][-1] == res["layers"]
+    assert any("round 1/2" in m for m in logs)
+    assert res["target_met"] or res["status"].startswith("MISSED")
+    masks = out["masks"]
+    for row in res["layers"]:  # what the last round chose is what the masks hold
+        assert abs(float(1 - masks[row["layer"]].float().mean()) - row["sparsity"]) < 0.01
+    with pytest.raises(UserError, match="prune epoch a round"):
+        JointParams(rounds=3, prune_epochs=2)
+
+
+def test_agp_starts_each_layer_where_it_is():
+    import torch.nn as nn
+
+    from dnncompress.prune import AGPHook
+
+    torch.manual_seed(0)
+    layers = {"a": nn.Linear(10, 10), "b": nn.Linear(10, 10)}
+    hook = AGPHook(layers, {"a": 0.9, "b": 0.5}, initial={"a": 0.5, "b": 0.5}, end=0.5, every=1)
+    hook.on_step(0, 100)
+    from dnncompress.surgery import compression_of
+
+    assert abs(float(1 - compression_of(layers["a"]).mask.float().mean()) - 0.5) < 0.011

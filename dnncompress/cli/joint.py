@@ -20,10 +20,11 @@ from .common import (
 )
 
 EXAMPLE = "dnncompress joint base.pt --target-ratio 60 -o joint.pt"
-FIELDS = ["target_ratio", "target_bytes", "prune_epochs", "qat_epochs", "lr", "codebook", "entropy", "seed", "retries"]
+FIELDS = ["target_ratio", "target_bytes", "prune_epochs", "qat_epochs", "lr", "codebook", "entropy", "seed", "retries", "rounds"]
 HELP = {"retries": "when the packed file misses the target: tighten by the excess and train again, this many times",
         "target_ratio": "fp32 safetensors bytes / packed bytes", "target_bytes": "a packed size in bytes instead of a ratio",
-        "codebook": "codebook QAT mode", "entropy": "how the result will be packed (for its measured size)"}
+        "codebook": "codebook QAT mode", "entropy": "how the result will be packed (for its measured size)",
+        "rounds": "re-run the allocation between fine-tuning rounds: each scans the model as the last round left it"}
 
 
 @click.command("joint", help=help_text("Choose per-layer sparsity and bit-width under a size target, then prune and QAT them in (seed 002).", EXAMPLE))

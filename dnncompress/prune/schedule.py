@@ -18,11 +18,13 @@ def agp_sparsity(t: int, s_i: float, s_f: float, t0: int, n: int, dt: int) -> fl
 class AGPHook:
     """Training hook: every `dt` steps from t0, re-mask by magnitude to the AGP target of each layer."""
 
-    def __init__(self, layers: dict, final: dict[str, float], initial: float = 0.0, start: float = 0.0, end: float = 0.75,
-                 every: int = 10, scope: str = "layer"):
+    def __init__(self, layers: dict, final: dict[str, float], initial: float | dict[str, float] = 0.0, start: float = 0.0,
+                 end: float = 0.75, every: int = 10, scope: str = "layer"):
         for s in final.values():
             check_sparsity(s, "final sparsity")
-        check_sparsity(initial, "initial sparsity")
+        initial = {name: initial for name in final} if not isinstance(initial, dict) else initial  # per layer: where it starts
+        for s in initial.values():
+            check_sparsity(s, "initial sparsity")
         if not 0 <= start < end <= 1:
             raise UserError("AGP start/end are fractions of training with 0 ≤ start < end ≤ 1")
         if every < 1:
@@ -36,7 +38,7 @@ class AGPHook:
         n = max(1, (int(self.end * total) - t0) // self.every)
         if step % self.every and step != total - 1:
             return
-        frac = {name: agp_sparsity(step, self.initial, s_f, t0, n, self.every) for name, s_f in self.final.items()}
+        frac = {name: agp_sparsity(step, self.initial.get(name, 0.0), s_f, t0, n, self.every) for name, s_f in self.final.items()}
         apply_masks(self.layers, magnitude_masks(self.layers, frac, self.scope))
         self.history.append((step, sum(frac.values()) / len(frac)))
 

@@ -31,6 +31,10 @@ class JointParams:
     exclude: list = field(default_factory=list)
     seed: int = 0
     retries: int = 2  # when the packed file misses the target: tighten the budget by the excess and train again
+    # the allocation re-run between fine-tuning rounds (seed 002 learns it while training): each round scans the model
+    # as the previous round left it, chooses again under the target, and prunes gradually from where each layer is to
+    # its new sparsity for prune_epochs / rounds epochs; 1 is the one-shot scan
+    rounds: int = 1
 
     def __post_init__(self):
         if self.target_bytes is None and (self.target_ratio is None or not math.isfinite(self.target_ratio) or self.target_ratio <= 1):
@@ -38,6 +42,9 @@ class JointParams:
         finite(self.lr, "lr", 0.0, low_open=True)
         whole(self.seed, "seed", 0, (1 << 63) - 1)
         whole(self.retries, "retries", 0, 10)
+        whole(self.rounds, "rounds", 1, 10)
+        if self.rounds > 1 and self.prune_epochs < self.rounds:
+            raise UserError(f"joint rounds={self.rounds} needs at least one prune epoch a round: set prune_epochs ≥ {self.rounds}")
         if self.target_bytes is not None and self.target_bytes <= 0:
             raise UserError("target_bytes must be > 0")
         if not self.bits or any(not isinstance(b, int) or not 2 <= b <= 8 for b in self.bits):
@@ -65,20 +72,28 @@ def joint_stage(ckpt, p: JointParams, ctx: Context) -> StageOutput:
     compressed_keys = {weight_key(n) for n in layers}
     leftovers = joint.leftover_bytes(ckpt["state_dict"], compressed_keys)
     target = p.target_bytes or fp32_bytes / p.target_ratio
-    scanned = ctx.memo("scan", lambda: joint.scan(layers, lambda: evaluate(model, val, device=ctx.device)["accuracy"],
-                                                  p.sparsities, p.bits, ctx.progress))
     sizes = {n: m.weight.numel() for n, m in layers.items()}
     overhead = joint.container_budget(len(layers))
-    budget, attempts = target - leftovers - overhead, []
+    budget, attempts, rounds = target - leftovers - overhead, [], []
+    start = ckpt  # where the last round's pruning starts: the input, or what the earlier rounds left
+    for r in range(p.rounds - 1):  # every round but the last: scan the current model, choose, prune part of the way
+        start, rows = _round(start, p, ctx, val, budget, sizes, r)
+        rounds.append(rows)
+    if p.rounds > 1:
+        model = model_from_checkpoint(start).eval()
+        layers = compressible_layers(model, p.include, p.exclude)
+    scanned = ctx.memo("scan", lambda: joint.scan(layers, lambda: evaluate(model, val, device=ctx.device)["accuracy"],
+                                                  p.sparsities, p.bits, ctx.progress))
     choice, _ = joint.choose(scanned["table"], budget)
+    prune_epochs = p.prune_epochs // p.rounds if p.rounds > 1 else p.prune_epochs
     for attempt in range(1 + p.retries):  # the target is kept on the real file: pack, check, tighten, repeat
         rows = joint.as_rows(choice, sizes)
         ctx.log(f"joint: target {target:,.0f} bytes; chosen " + ", ".join(f"{r['layer']} s={r['sparsity']:.2f} b={r['bits']}" for r in rows))
         tag = "" if attempt == 0 else f"-{attempt}"
         agp = AGPParams(final=0.0, overrides={n: r["sparsity"] for n, r in zip(choice, rows)}, end=0.6, every=10,
-                        include=list(layers), exclude=[])
-        ft = FinetuneParams(epochs=p.prune_epochs, lr=p.lr, agp=agp, seed=p.seed)
-        pruned, pr = ctx.memo("prune" + tag, lambda ft=ft: finetune_model(ckpt, ft, ctx, phase="prune"))
+                        initial_overrides=_sparsities(start), include=list(layers), exclude=[])
+        ft = FinetuneParams(epochs=prune_epochs, lr=p.lr, agp=agp, seed=p.seed)
+        pruned, pr = ctx.memo("prune" + tag, lambda ft=ft: finetune_model(start, ft, ctx, phase="prune"))
         qmodel = model_from_checkpoint(pruned)
         from ..quantize_model import quantize
 
@@ -109,4 +124,29 @@ def joint_stage(ckpt, p: JointParams, ctx: Context) -> StageOutput:
               "accuracy_drop": base_acc - qr["accuracy"], "entropy": p.entropy,
               # the scan it chose from, per layer [sparsity, bits, validation drop, bytes]: report --html draws it
               "scan": {n: [[s, b, round(d, 4), nb] for s, b, d, nb in rows] for n, rows in scanned["table"].items()}}
+    if rounds:
+        result["rounds"] = [*rounds, rows]  # each round's choice, the last one trained in
     return StageOutput(out, result)
+
+
+def _sparsities(ckpt: dict) -> dict[str, float]:
+    """Each masked layer's current sparsity (a layer without a mask is at 0)."""
+    import glob
+
+    return {glob.escape(n): float(1 - m.float().mean()) for n, m in (ckpt.get("masks") or {}).items()}
+
+
+def _round(ckpt: dict, p: JointParams, ctx: Context, val, budget: float, sizes: dict, r: int) -> tuple[dict, list]:
+    """One round before the last: scan the model as it is, choose under the budget, prune gradually towards it."""
+    model = model_from_checkpoint(ckpt).eval()
+    layers = compressible_layers(model, p.include, p.exclude)
+    scanned = ctx.memo(f"scan-r{r}", lambda: joint.scan(layers, lambda: evaluate(model, val, device=ctx.device)["accuracy"],
+                                                        p.sparsities, p.bits, ctx.progress))
+    choice, _ = joint.choose(scanned["table"], budget)
+    rows = joint.as_rows(choice, sizes)
+    ctx.log(f"joint round {r + 1}/{p.rounds}: " + ", ".join(f"{row['layer']} s={row['sparsity']:.2f} b={row['bits']}" for row in rows))
+    agp = AGPParams(final=0.0, overrides={n: row["sparsity"] for n, row in zip(choice, rows)}, initial_overrides=_sparsities(ckpt),
+                    end=0.6, every=10, include=list(layers), exclude=[])
+    ft = FinetuneParams(epochs=p.prune_epochs // p.rounds, lr=p.lr, agp=agp, seed=p.seed + r + 1)
+    pruned, _ = ctx.memo(f"prune-r{r}", lambda: finetune_model(ckpt, ft, ctx, phase=f"prune-r{r}"))
+    return pruned, rows

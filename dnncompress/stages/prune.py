@@ -154,14 +154,17 @@ GRID_UNITS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 GRID_UNITS_RECOVERED = GRID_UNITS + (0.93, 0.95, 0.97)  # fine-tuned candidates survive far deeper cuts
 
 
-def _recover(trial, ckpt: dict, p: PruneParams, ctx: Context) -> None:
-    """Fine-tune a pruned candidate in place on the training split, as the next stage would, so that the
-    choice is made on what fine-tuning recovers rather than on the drop right after the cut."""
+def recover(trial, ckpt: dict, ctx: Context, epochs: int, lr: float = 1e-3, seed: int | None = None) -> None:
+    """Fine-tune a pruned candidate in place on the training split (cosine schedule), as the next stage would, so
+    that a choice is made on what fine-tuning recovers rather than on the drop right after the cut (structured
+    auto with --recover-epochs, and shrink)."""
     from ..train import TrainSettings, train
 
     bundle = ctx.data_for(ckpt)
-    train(trial, bundle.train, TrainSettings(epochs=p.recover_epochs, lr=1e-3, schedule="cosine", seed=ctx.seed,
-                                             device=ctx.device, augment=bundle.augment))
+    if epochs:
+        train(trial, bundle.train, TrainSettings(epochs=epochs, lr=lr, schedule="cosine", seed=ctx.seed if seed is None else seed,
+                                                 device=ctx.device, augment=bundle.augment))
+    trial.cpu().eval()
 
 
 def structured_stage(ckpt, p: PruneParams, ctx: Context) -> StageOutput:
@@ -186,14 +189,14 @@ def structured_stage(ckpt, p: PruneParams, ctx: Context) -> StageOutput:
         reference = model
         if p.recover_epochs:  # the same fine-tuning on the unpruned model: the drop is the cut's, not the extra training's
             reference = copy.deepcopy(model)
-            _recover(reference, ckpt, p, ctx)
+            recover(reference, ckpt, ctx, p.recover_epochs)
         base = evaluate(reference.eval(), val, device=ctx.device)["accuracy"]
         chosen, trials, misses = None, [], 0
         for f in (GRID_UNITS_RECOVERED if p.recover_epochs else GRID_UNITS):
             trial = copy.deepcopy(model)
             info = structured_prune(trial, x, amount=f, **kw)
             if p.recover_epochs:
-                _recover(trial, ckpt, p, ctx)
+                recover(trial, ckpt, ctx, p.recover_epochs)
             drop = base - evaluate(trial.eval(), val, device=ctx.device)["accuracy"]
             trials.append({"units_removed": f, "flops_removed": 1 - info["flops_after"] / max(info["flops_before"], 1), "val_drop": drop})
             if drop > p.max_drop:

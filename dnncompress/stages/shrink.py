@@ -59,8 +59,7 @@ def shrink_stage(ckpt, p: ShrinkParams, ctx: Context) -> StageOutput:
     from ..prune.shrink import prunable_units, search
     from ..quantize_model import quantize
     from ..report import fp32_file_bytes, report_checkpoint, unpruned_fp32_bytes
-    from ..train import TrainSettings, train
-    from .prune import _example_inputs
+    from .prune import _example_inputs, recover
 
     if ckpt.get("quant") or ckpt.get("masks"):
         raise UserError("shrink starts from an uncompressed checkpoint (no masks, no quantizers): it is the first compression stage")
@@ -71,11 +70,8 @@ def shrink_stage(ckpt, p: ShrinkParams, ctx: Context) -> StageOutput:
                   else fp32_file_bytes(ckpt["state_dict"]))
     target = p.target_bytes or fp32_bytes / p.target_ratio
 
-    def recover(trial):
-        if p.recover_epochs:
-            train(trial, bundle.train, TrainSettings(epochs=p.recover_epochs, lr=p.lr, schedule="cosine", seed=p.seed,
-                                                     device=ctx.device, augment=bundle.augment))
-        trial.cpu().eval()
+    def brief_finetune(trial):
+        recover(trial, ckpt, ctx, p.recover_epochs, p.lr, p.seed)
 
     def packed_bytes(trial):
         q = copy.deepcopy(trial)
@@ -90,7 +86,7 @@ def shrink_stage(ckpt, p: ShrinkParams, ctx: Context) -> StageOutput:
     grid = list(itertools.product(sorted(set(p.channels)) if units["channel"] else [0.0], sorted(set(p.neurons)) if units["neuron"] else [0.0]))
     if grid == [(0.0, 0.0)]:
         raise UserError("shrink found no Conv filters or hidden Linear neurons to remove (only the output layer, which stays)")
-    chosen, trials, fits = search(model, x, grid, target * (1 - p.margin), recover, accuracy, packed_bytes,
+    chosen, trials, fits = search(model, x, grid, target * (1 - p.margin), brief_finetune, accuracy, packed_bytes,
                                   p.importance, ctx.progress)
     out = update_checkpoint(derive(ckpt), chosen)
     metrics = evaluate(chosen, bundle.test, device=ctx.device)

@@ -48,6 +48,7 @@ class AGPParams:
     every: int = 10  # Δt in steps
     scope: Literal["layer", "global"] = "layer"
     overrides: dict = field(default_factory=dict)  # fnmatch pattern → final sparsity
+    initial_overrides: dict = field(default_factory=dict)  # fnmatch pattern → initial sparsity (where a layer already is)
     include: list = field(default_factory=lambda: ["*"])
     exclude: list = field(default_factory=list)
 
@@ -63,6 +64,8 @@ class AGPParams:
         whole(self.every, "agp.every", 1, 1 << 30)
         for pattern, value in self.overrides.items():
             check_sparsity(value, f"agp.overrides.{pattern}")
+        for pattern, value in self.initial_overrides.items():
+            check_sparsity(value, f"agp.initial_overrides.{pattern}")
 
 
 @dataclass
@@ -143,7 +146,8 @@ def finetune_model(ckpt: dict, p: FinetuneParams, ctx: Context, extra_hooks=(), 
 
         layers = compressible_layers(model, p.agp.include, p.agp.exclude)
         final = layer_sparsities(layers, p.agp.final, p.agp.overrides)
-        hooks.append(AGPHook(layers, final, p.agp.initial, p.agp.start, p.agp.end, p.agp.every, p.agp.scope))
+        initial = layer_sparsities(layers, p.agp.initial, p.agp.initial_overrides)
+        hooks.append(AGPHook(layers, final, initial, p.agp.start, p.agp.end, p.agp.every, p.agp.scope))
     if p.l1 or p.l2:
         hooks.append(Penalty(model, p.l1, p.l2))
     hooks += _model_hooks(model)
