@@ -254,3 +254,25 @@ def test_agp_starts_each_layer_where_it_is():
     from dnncompress.surgery import compression_of
 
     assert abs(float(1 - compression_of(layers["a"]).mask.float().mean()) - 0.5) < 0.011
+
+
+def test_joint_searches_structured_and_unstructured_together(tmp_path):
+    """With neurons candidates, each cut is scanned and allocated like the unpruned model; the best prediction that fits
+    is what gets pruned and quantized, so the output carries both the smaller shapes and the masks."""
+    from dnncompress.stages import Context, execute
+    from dnncompress.stages.joint import JointParams
+    from dnncompress.stages.training import TrainParams
+
+    ctx = Context(data_name="synthetic", run_dir=str(tmp_path))
+    base, _ = execute("train", TrainParams(arch="lenet300", epochs=1), None, tmp_path / "base.pt", ctx)
+    grid = dict(sparsities=[0.0, 0.8, 0.95], bits=[2, 4], prune_epochs=1, qat_epochs=1, retries=1, neurons=[0.5, 0.9])
+    out, res = execute("joint", JointParams(target_ratio=40, **grid), base, tmp_path / "j.pt", Context(run_dir=str(tmp_path)))
+    trials = res["structured"]
+    assert [t["neurons_removed"] for t in trials] == [0.0, 0.5, 0.9] and sum(t["chosen"] for t in trials) == 1
+    chosen = next(t for t in trials if t["chosen"])
+    assert chosen["predicted_accuracy"] == max(t["predicted_accuracy"] for t in trials if t["fits"])
+    if chosen["neurons_removed"]:
+        assert out["structure"] and out["masks"]
+    assert res["target_met"] or res["status"].startswith("MISSED")
+    with pytest.raises(UserError, match="fractions"):
+        JointParams(neurons=[1.5])

@@ -321,6 +321,16 @@ def param_options(params_cls, names, help: dict | None = None, flags: dict | Non
     return out
 
 
+def fractions(text: str | None, name: str) -> list[float] | None:
+    """--channels 0.5,0.7 → [0.5, 0.7] (None when the option was not given; range checks are the stage's)."""
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--{name} takes comma-separated fractions, e.g. 0.5,0.7; got '{text}'") from None
+
+
 def params_from(params_cls, names, values: dict, **fixed):
     """The stage's parameters from the parsed command line (only the fields `param_options` declared)."""
     return params_cls(**{n: values.pop(n) for n in names}, **fixed)

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import click
 
-from ..errors import UserError
 from ..stages.shrink import ShrinkParams
 from .common import (
     ProgressBar,
     data_options,
+    fractions,
     help_text,
     input_options,
     load_input,
@@ -26,15 +26,6 @@ HELP = {"target_ratio": "fp32 safetensors bytes / packed bytes", "target_bytes":
         "entropy": "how the result will be packed", "fp16": "biases will be packed as fp16 (pack --fp16)",
         "recover_epochs": "fine-tuning of each candidate before its validation accuracy is measured",
         "margin": "candidates must fit (1 − margin) × the target (QAT moves the codes' entropy)"}
-
-
-def _fractions(text: str | None, name: str) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"--{name} takes comma-separated fractions, e.g. 0.5,0.7; got '{text}'") from None
 
 
 def print_shrink(result: dict, out) -> None:
@@ -60,7 +51,7 @@ def print_shrink(result: dict, out) -> None:
 @click.option("-o", "--output", default=None, type=click.Path())
 @click.option("--json", "json_out", is_flag=True)
 def shrink(checkpoint, channels, neurons, data, data_dir, device, arch, trust, output, json_out, **fields):
-    extra = {k: v for k, v in (("channels", _fractions(channels, "channels")), ("neurons", _fractions(neurons, "neurons"))) if v is not None}
+    extra = {k: v for k, v in (("channels", fractions(channels, "channels")), ("neurons", fractions(neurons, "neurons"))) if v is not None}
     params = params_from(ShrinkParams, FIELDS, fields, **extra)
     path, ckpt = load_input(checkpoint, arch, trust)
     with ProgressBar("shrink") as bar:

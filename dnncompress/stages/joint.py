@@ -35,6 +35,12 @@ class JointParams:
     # as the previous round left it, chooses again under the target, and prunes gradually from where each layer is to
     # its new sparsity for prune_epochs / rounds epochs; 1 is the one-shot scan
     rounds: int = 1
+    # structured candidates in the same search: fractions of every Conv's filters (channels) and hidden Linear's neurons
+    # to remove; each pair is cut from a copy, fine-tuned recover_epochs, scanned and allocated under the target, and the
+    # pair whose validation accuracy after its predicted drops is highest wins (empty lists: no structured pruning)
+    channels: list = field(default_factory=list)
+    neurons: list = field(default_factory=list)
+    recover_epochs: int = 1
 
     def __post_init__(self):
         if self.target_bytes is None and (self.target_ratio is None or not math.isfinite(self.target_ratio) or self.target_ratio <= 1):
@@ -43,6 +49,11 @@ class JointParams:
         whole(self.seed, "seed", 0, (1 << 63) - 1)
         whole(self.retries, "retries", 0, 10)
         whole(self.rounds, "rounds", 1, 10)
+        whole(self.recover_epochs, "recover_epochs", 0, MAX_EPOCHS)
+        for name in ("channels", "neurons"):
+            values = getattr(self, name)
+            if not isinstance(values, list) or any(not isinstance(v, (int, float)) or not 0 <= v < 1 for v in values):
+                raise UserError(f"joint {name} must be a list of fractions in [0, 1), e.g. [0.0, 0.5, 0.7]")
         if self.rounds > 1 and self.prune_epochs < self.rounds:
             raise UserError(f"joint rounds={self.rounds} needs at least one prune epoch a round: set prune_epochs ≥ {self.rounds}")
         if self.target_bytes is not None and self.target_bytes <= 0:
@@ -75,15 +86,23 @@ def joint_stage(ckpt, p: JointParams, ctx: Context) -> StageOutput:
     sizes = {n: m.weight.numel() for n, m in layers.items()}
     overhead = joint.container_budget(len(layers))
     budget, attempts, rounds = target - leftovers - overhead, [], []
-    start = ckpt  # where the last round's pruning starts: the input, or what the earlier rounds left
+    start, scanned, structured = ckpt, None, None  # start: where pruning starts (the input, a structured cut, earlier rounds)
+    if p.channels or p.neurons:  # structured and unstructured in one search: the cut with the best predicted accuracy
+        start, scanned, structured = ctx.memo("structure", lambda: _structure(ckpt, model, p, ctx, val, target, overhead))
+        model = model_from_checkpoint(start).eval()
+        layers = compressible_layers(model, p.include, p.exclude)
+        sizes = {n: m.weight.numel() for n, m in layers.items()}
+        leftovers = joint.leftover_bytes(start["state_dict"], {weight_key(n) for n in layers})
+        budget = target - leftovers - overhead
     for r in range(p.rounds - 1):  # every round but the last: scan the current model, choose, prune part of the way
         start, rows = _round(start, p, ctx, val, budget, sizes, r)
         rounds.append(rows)
     if p.rounds > 1:
         model = model_from_checkpoint(start).eval()
         layers = compressible_layers(model, p.include, p.exclude)
-    scanned = ctx.memo("scan", lambda: joint.scan(layers, lambda: evaluate(model, val, device=ctx.device)["accuracy"],
-                                                  p.sparsities, p.bits, ctx.progress))
+    if scanned is None or p.rounds > 1:
+        scanned = ctx.memo("scan", lambda: joint.scan(layers, lambda: evaluate(model, val, device=ctx.device)["accuracy"],
+                                                      p.sparsities, p.bits, ctx.progress))
     choice, _ = joint.choose(scanned["table"], budget)
     prune_epochs = p.prune_epochs // p.rounds if p.rounds > 1 else p.prune_epochs
     for attempt in range(1 + p.retries):  # the target is kept on the real file: pack, check, tighten, repeat
@@ -126,6 +145,8 @@ def joint_stage(ckpt, p: JointParams, ctx: Context) -> StageOutput:
               "scan": {n: [[s, b, round(d, 4), nb] for s, b, d, nb in rows] for n, rows in scanned["table"].items()}}
     if rounds:
         result["rounds"] = [*rounds, rows]  # each round's choice, the last one trained in
+    if structured is not None:
+        result["structured"] = structured
     return StageOutput(out, result)
 
 
@@ -134,6 +155,46 @@ def _sparsities(ckpt: dict) -> dict[str, float]:
     import glob
 
     return {glob.escape(n): float(1 - m.float().mean()) for n, m in (ckpt.get("masks") or {}).items()}
+
+
+def _structure(ckpt: dict, model, p: JointParams, ctx: Context, val, target: float, overhead: int) -> tuple[dict, dict, list]:
+    """(the chosen cut's checkpoint, its scan, every candidate): each (channels, neurons) pair is cut from a copy and
+    fine-tuned, then scanned and allocated under the target like the unpruned model; its predicted accuracy is its
+    validation accuracy minus the scan drops of its allocation. The best prediction that fits wins."""
+    import itertools
+
+    from ..checkpoint import derive
+    from ..prune.shrink import cut, prunable_units
+    from .prune import _example_inputs, recover
+
+    x = _example_inputs(ckpt)
+    units = prunable_units(model, x)
+    grid = list(itertools.product(sorted(set(p.channels) | {0.0}) if units["channel"] else [0.0],
+                                  sorted(set(p.neurons) | {0.0}) if units["neuron"] else [0.0]))
+    trials, best, best_key = [], None, None
+    for c, n in grid:
+        trial = cut(model, x, c, n) if (c or n) else model_from_checkpoint(ckpt)
+        if c or n:
+            recover(trial, ckpt, ctx, p.recover_epochs, p.lr, p.seed)
+        trial.eval()
+        candidate = update_checkpoint(derive(ckpt), trial)
+        layers = compressible_layers(trial, p.include, p.exclude)
+        budget = target - joint.leftover_bytes(candidate["state_dict"], {weight_key(k) for k in layers}) - overhead
+        scanned = joint.scan(layers, lambda trial=trial: evaluate(trial, val, device=ctx.device)["accuracy"], p.sparsities, p.bits)
+        choice, size = joint.choose(scanned["table"], budget)
+        predicted = scanned["baseline"] - sum(max(r[2], 0.0) for r in choice.values())
+        fits = size <= budget
+        trials.append({"channels_removed": c, "neurons_removed": n, "params": sum(t.numel() for t in trial.parameters()),
+                       "val_accuracy": scanned["baseline"], "predicted_accuracy": predicted, "estimated_bytes": int(size + target - budget),
+                       "fits": fits})
+        key = (fits, predicted if fits else -size)
+        if best_key is None or key > best_key:
+            best, best_key = (candidate, scanned, len(trials) - 1), key
+        ctx.log(f"joint structure: filters −{c:.0%} neurons −{n:.0%}: val {scanned['baseline']:.2f} %, predicted {predicted:.2f} %"
+                f"{'' if fits else ' (does not fit)'}")
+    for i, t in enumerate(trials):
+        t["chosen"] = i == best[2]
+    return best[0], best[1], trials
 
 
 def _round(ckpt: dict, p: JointParams, ctx: Context, val, budget: float, sizes: dict, r: int) -> tuple[dict, list]:
