@@ -11,14 +11,12 @@ import copy
 import time
 
 import torch
-from common import PeakRSS, table, write_section
+from common import PeakRSS, table, trained_lenet5, write_section
 
 import dnncompress
-from dnncompress.data import load_data
-from dnncompress.models import build_model
 from dnncompress.pack import save_packed
 from dnncompress.report import report_packed
-from dnncompress.train import TrainSettings, evaluate, seed_everything, train
+from dnncompress.train import evaluate
 
 CMD = "python benchmarks/calib_lenet5.py"
 ROWS = [("fourval (2 bits)", dict(scheme="fourval")), ("fourval per channel", dict(scheme="fourval", per_channel=True)),
@@ -35,10 +33,7 @@ def main():
     ap.add_argument("--samples", type=int, default=512)
     args = ap.parse_args()
     torch.set_num_threads(2)
-    mnist = load_data("mnist")
-    seed_everything(0)
-    base = build_model("lenet5")
-    train(base, mnist.train, TrainSettings(epochs=3))
+    mnist, base = trained_lenet5()
     base.eval()
     xt = mnist.test.tensors[0]
     with torch.no_grad():

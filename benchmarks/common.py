@@ -74,6 +74,19 @@ class PeakRSS:
         return (max(self.peak, self.rss()) - self.base) / 1e6
 
 
+def trained_lenet5(epochs: int = 3):
+    """(the embedded MNIST, LeNet-5 trained `epochs` on it with seed 0): the base several benchmarks compress."""
+    from dnncompress.data import load_data
+    from dnncompress.models import build_model
+    from dnncompress.train import TrainSettings, seed_everything, train
+
+    mnist = load_data("mnist")
+    seed_everything(0)
+    base = build_model("lenet5")
+    train(base, mnist.train, TrainSettings(epochs=epochs))
+    return mnist, base
+
+
 def mean_std(values) -> tuple[float, float]:
     values = list(values)
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)

@@ -12,14 +12,12 @@ import argparse
 import time
 
 import torch
-from common import table, write_section
+from common import table, trained_lenet5, write_section
 
 from dnncompress.checkpoint import new_checkpoint
-from dnncompress.data import load_data
-from dnncompress.models import build_model
 from dnncompress.stages import Context
 from dnncompress.stages.joint import JointParams, joint_stage
-from dnncompress.train import TrainSettings, evaluate, seed_everything, train
+from dnncompress.train import evaluate
 
 CMD = "python benchmarks/joint_rounds.py"
 
@@ -29,10 +27,7 @@ def main():
     ap.add_argument("--targets", default="60,100,150")
     args = ap.parse_args()
     torch.set_num_threads(2)
-    mnist = load_data("mnist")
-    seed_everything(0)
-    base = build_model("lenet5")
-    train(base, mnist.train, TrainSettings(epochs=3))
+    mnist, base = trained_lenet5()
     fp = evaluate(base, mnist.test)["accuracy"]
     ck = new_checkpoint("lenet5", mnist.arch_kwargs(), base.state_dict(), {"name": "mnist"})
     rows = []

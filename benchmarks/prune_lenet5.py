@@ -14,17 +14,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import torch
-from common import DOCS, table, write_section
+from common import DOCS, table, trained_lenet5, write_section
 
 from dnncompress.checkpoint import new_checkpoint
-from dnncompress.data import load_data
-from dnncompress.models import build_model
 from dnncompress.prune import apply_masks, magnitude_masks, prune
 from dnncompress.prune.sensitivity import auto_sparsity
 from dnncompress.stages import Context
 from dnncompress.stages.joint import JointParams, joint_stage
 from dnncompress.surgery import compressible_layers
-from dnncompress.train import TrainSettings, evaluate, seed_everything, train
+from dnncompress.train import TrainSettings, evaluate, train
 
 CMD = "python benchmarks/prune_lenet5.py"
 
@@ -48,10 +46,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(2)
     t0 = time.perf_counter()
-    mnist = load_data("mnist")
-    seed_everything(0)
-    base = build_model("lenet5")
-    train(base, mnist.train, TrainSettings(epochs=3))
+    mnist, base = trained_lenet5()
     fp = evaluate(base, mnist.test)["accuracy"]
 
     sweep = {"layer": [], "global": []}
