@@ -63,14 +63,13 @@ def calibratable(module: nn.Module) -> bool:
     return isinstance(module, (nn.Conv1d, nn.Conv2d)) and isinstance(module.padding, tuple)
 
 
-def run(model: nn.Module, batch) -> None:
+def run(model: nn.Module, batch):
     """model(batch): a dict is passed as keyword arguments (a tokenizer's output), a tuple as positional ones."""
     if isinstance(batch, dict):
-        model(**batch)
-    elif isinstance(batch, tuple):
-        model(*batch)
-    else:
-        model(batch)
+        return model(**batch)
+    if isinstance(batch, tuple):
+        return model(*batch)
+    return model(batch)
 
 
 def join(batches: list):

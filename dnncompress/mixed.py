@@ -39,8 +39,8 @@ def _first_tensor(out) -> torch.Tensor:
 
 def _head(batches: list):
     """At most SCAN_SAMPLES samples of the calibration data, as one batch."""
-    batch = join(batches) if len(batches) > 1 else batches[0]
-    if batch is None:
+    batch = join(batches)
+    if batch is None:  # shapes differ: the first batch alone
         batch = batches[0]
     if isinstance(batch, dict):
         return {k: v[:SCAN_SAMPLES] for k, v in batch.items()}
@@ -58,13 +58,7 @@ def scan(model: nn.Module, layers: dict[str, nn.Module], options: dict[str, dict
     model.eval()
 
     def output():
-        captured = []
-        handle = model.register_forward_hook(lambda m, i, o: captured.append(_first_tensor(o).detach().float()))
-        try:
-            run(model, batch)
-        finally:
-            handle.remove()
-        return captured[0]
+        return _first_tensor(run(model, batch)).detach().float()
 
     ref = output()
     norm = ref.pow(2).sum().clamp_min(1e-30)

@@ -109,10 +109,11 @@ def _allocated(model, layers, scheme, options, overrides, calibration, target_bi
         if opts.get("skip"):
             continue
         rest = {k: v for k, v in opts.items() if k != "scheme"}
-        w = shadow_weight(layers[name]).detach()
-        comp = compression_of(layers[name])
         if name in fixed:
-            fixed_bytes += storage_bytes(make_quantizer(opts["scheme"], **rest).fit(w, comp.mask if comp else None).storage(w, comp.mask if comp else None))
+            w = shadow_weight(layers[name]).detach()
+            comp = compression_of(layers[name])
+            mask = comp.mask if comp is not None else None
+            fixed_bytes += storage_bytes(make_quantizer(opts["scheme"], **rest).fit(w, mask).storage(w, mask))
             continue
         try:
             widths = {make_quantizer(opts["scheme"], **{**rest, "bits": b}).bits for b in (choices[0], choices[-1])}

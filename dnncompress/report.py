@@ -47,6 +47,14 @@ def unpruned_fp32_bytes(arch: str, arch_kwargs: dict | None, source) -> int:
     return fp32_file_bytes(expected_state(arch, arch_kwargs or {}, source))
 
 
+def reference_fp32_bytes(ckpt: dict) -> int:
+    """The fp32 size a size target is measured against: the architecture before structured pruning, when it shrank
+    the checkpoint, as `report` counts a ratio (joint and shrink)."""
+    if ckpt.get("structure"):
+        return unpruned_fp32_bytes(ckpt["arch"], ckpt.get("arch_kwargs"), "the checkpoint")
+    return fp32_file_bytes(ckpt["state_dict"])
+
+
 def _module_of(key: str) -> str:
     return key.rsplit(".", 1)[0] if "." in key else ""
 

@@ -69,7 +69,7 @@ class JointParams:
 @register_stage("joint", JointParams, suffix="joint")
 def joint_stage(ckpt, p: JointParams, ctx: Context) -> StageOutput:
     """Search per-layer sparsity and bit-width under a size target, then AGP-prune and QAT them in."""
-    from ..report import fp32_file_bytes, report_checkpoint, unpruned_fp32_bytes
+    from ..report import reference_fp32_bytes, report_checkpoint
 
     if ckpt.get("quant") or ckpt.get("masks"):
         raise UserError("joint starts from an uncompressed checkpoint (no masks, no quantizers)")
@@ -78,8 +78,7 @@ def joint_stage(ckpt, p: JointParams, ctx: Context) -> StageOutput:
     base_test = evaluate(model, ctx.data_for(ckpt).test, device=ctx.device)["accuracy"]  # reported like every later accuracy
     layers = compressible_layers(model, p.include, p.exclude)
     # after structured pruning the ratio is against the model before it, as report measures it
-    fp32_bytes = (unpruned_fp32_bytes(ckpt["arch"], ckpt.get("arch_kwargs"), "the checkpoint") if ckpt.get("structure")
-                  else fp32_file_bytes(ckpt["state_dict"]))
+    fp32_bytes = reference_fp32_bytes(ckpt)
     compressed_keys = {weight_key(n) for n in layers}
     leftovers = joint.leftover_bytes(ckpt["state_dict"], compressed_keys)
     target = p.target_bytes or fp32_bytes / p.target_ratio
@@ -95,7 +94,7 @@ def joint_stage(ckpt, p: JointParams, ctx: Context) -> StageOutput:
         leftovers = joint.leftover_bytes(start["state_dict"], {weight_key(n) for n in layers})
         budget = target - leftovers - overhead
     for r in range(p.rounds - 1):  # every round but the last: scan the current model, choose, prune part of the way
-        start, rows = _round(start, p, ctx, val, budget, sizes, r)
+        start, rows = _round(start, p, ctx, val, budget, sizes, r, scanned if r == 0 else None)  # the cut's scan serves round 1
         rounds.append(rows)
     if p.rounds > 1:
         model = model_from_checkpoint(start).eval()
@@ -197,12 +196,14 @@ def _structure(ckpt: dict, model, p: JointParams, ctx: Context, val, target: flo
     return best[0], best[1], trials
 
 
-def _round(ckpt: dict, p: JointParams, ctx: Context, val, budget: float, sizes: dict, r: int) -> tuple[dict, list]:
-    """One round before the last: scan the model as it is, choose under the budget, prune gradually towards it."""
+def _round(ckpt: dict, p: JointParams, ctx: Context, val, budget: float, sizes: dict, r: int, scanned: dict | None = None) -> tuple[dict, list]:
+    """One round before the last: scan the model as it is (unless `scanned` already did), choose under the budget,
+    prune gradually towards it."""
     model = model_from_checkpoint(ckpt).eval()
     layers = compressible_layers(model, p.include, p.exclude)
-    scanned = ctx.memo(f"scan-r{r}", lambda: joint.scan(layers, lambda: evaluate(model, val, device=ctx.device)["accuracy"],
-                                                        p.sparsities, p.bits, ctx.progress))
+    if scanned is None:
+        scanned = ctx.memo(f"scan-r{r}", lambda: joint.scan(layers, lambda: evaluate(model, val, device=ctx.device)["accuracy"],
+                                                            p.sparsities, p.bits, ctx.progress))
     choice, _ = joint.choose(scanned["table"], budget)
     rows = joint.as_rows(choice, sizes)
     ctx.log(f"joint round {r + 1}/{p.rounds}: " + ", ".join(f"{row['layer']} s={row['sparsity']:.2f} b={row['bits']}" for row in rows))

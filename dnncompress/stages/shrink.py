@@ -58,7 +58,7 @@ def shrink_stage(ckpt, p: ShrinkParams, ctx: Context) -> StageOutput:
 
     from ..prune.shrink import prunable_units, search
     from ..quantize_model import quantize
-    from ..report import fp32_file_bytes, report_checkpoint, unpruned_fp32_bytes
+    from ..report import reference_fp32_bytes, report_checkpoint
     from .prune import _example_inputs, recover
 
     if ckpt.get("quant") or ckpt.get("masks"):
@@ -66,8 +66,7 @@ def shrink_stage(ckpt, p: ShrinkParams, ctx: Context) -> StageOutput:
     val = ctx.validation(ckpt, "shrink")
     bundle = ctx.data_for(ckpt)
     model = model_from_checkpoint(ckpt).eval()
-    fp32_bytes = (unpruned_fp32_bytes(ckpt["arch"], ckpt.get("arch_kwargs"), "the checkpoint") if ckpt.get("structure")
-                  else fp32_file_bytes(ckpt["state_dict"]))
+    fp32_bytes = reference_fp32_bytes(ckpt)
     target = p.target_bytes or fp32_bytes / p.target_ratio
 
     def brief_finetune(trial):
