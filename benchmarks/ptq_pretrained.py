@@ -9,7 +9,7 @@ the real .dnc (codes + tables + index per layer), a peer's from the tensors it k
 in its own quantized state_dict (everything the model holds minus the untouched tensors).
 
     python benchmarks/ptq_pretrained.py --model mpnet|effnet [--only ours|peers] [--rows LABEL,...]
-        [--ptq data-free|calibrated|both] [--resume]
+        [--ptq data-free|calibrated|both] [--resume] [--keep-earlier]
 """
 from __future__ import annotations
 
@@ -56,6 +56,14 @@ MIXED = [(f"codebook per channel + rotation, mixed 2–8 bits at {b:g} bits/weig
 SCHEMES += MIXED
 CNN_ONLY |= {label for label, _ in MIXED}  # not run on MPNet here: its scan is 432 fits of 2.4 M-weight layers (time)
 CALIBRATED_ONLY = {label for label, _ in MIXED}
+# calibrated, then tuned (`tune_epochs`): every code fixed, per-row factors (folded into the tables), biases and norms
+# trained for 3 epochs against the fp32 model's own outputs on the calibration split; no bytes added
+TUNED = [(f"{label} + rotation, tuned 3 epochs", {**opts, "rotate": True, "tune_epochs": 3})
+         for label, opts in SCHEMES if label in ("fourval per channel", "ternary per channel", "codebook 2 bits per channel",
+                                                 "codebook 4 bits per channel")]
+SCHEMES += TUNED
+CALIBRATED_ONLY |= {label for label, _ in TUNED}
+MPNET_ONLY = {label for label, _ in TUNED}  # the CNN met its goals without it; its rows take the time of a full run
 
 
 TEST_SENTENCES = 512
@@ -226,6 +234,8 @@ def main():
     ap.add_argument("--rows", default="", help="comma-separated labels of our rows to run (default: all)")
     ap.add_argument("--ptq", choices=["data-free", "calibrated", "both"], default="both", help="which of our rows to run")
     ap.add_argument("--resume", action="store_true", help="keep the rows an earlier run of this model logged (same machine, same code)")
+    ap.add_argument("--keep-earlier", action="store_true",
+                    help="keep the rows of docs/results that this run does not measure, each marked with the date it was measured")
     args = ap.parse_args()
     torch.set_num_threads(2)
     setup = Setup(args.model)
@@ -239,7 +249,7 @@ def main():
         if args.only in ("ours", "all"):
             by_label = dict(SCHEMES)
             wanted = [(label, by_label[label]) for label in args.rows.split(",")] if args.rows else \
-                [(label, opts) for label, opts in SCHEMES if setup.depthwise or label not in CNN_ONLY]
+                [(label, opts) for label, opts in SCHEMES if (setup.depthwise or label not in CNN_ONLY) and (args.model == "mpnet" or label not in MPNET_ONLY)]
             jobs += [("dnncompress", label, cal, lambda label=label, opts=opts, cal=cal: ours(setup, label, opts, cal, Path(d)))
                      for label, opts in wanted for cal in (False, True)
                      if (args.ptq == "both" or args.ptq == ("calibrated" if cal else "data-free")) and (cal or label not in CALIBRATED_ONLY)]
@@ -258,7 +268,52 @@ def main():
             done.append(row)
             with open(log, "a") as f:
                 f.write(json.dumps(row) + "\n")
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    done = [{"measured": today, **r} for r in done]
+    if args.keep_earlier:
+        have = {(r["tool"], r["method"], r["ptq"]) for r in done}
+        done += [r for r in earlier_rows(args.model) if (r["tool"], r["method"], r["ptq"]) not in have]
     write(setup, done, args.model)
+
+
+SECTION = {"mpnet": "calib_2_mpnet", "effnet": "calib_3_effnet"}
+
+
+def earlier_rows(name: str) -> list[dict]:
+    """The rows of this model's table in docs/results, as run() logs them, each with the date (and machine) it was
+    measured on: a row without its own date takes the section's 'Measured' line."""
+    import re
+
+    from common import SECTIONS
+
+    path = SECTIONS / f"{SECTION[name]}.md"
+    if not path.exists():
+        return []
+    text = path.read_text()
+    stamp = re.search(r"^Measured (\d{4}-\d{2}-\d{2}) [\d:]+ UTC on (.*)\.$", text, re.M)
+    machines = dict(re.findall(r"^- (\d{4}-\d{2}-\d{2}): (.*)$", text, re.M))
+    rows, header = [], None
+    for line in text.splitlines():
+        if not line.startswith("| "):
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0] == "tool":
+            header = cells
+            continue
+        if header is None or cells[0].startswith("---"):
+            continue
+        cell = dict(zip(header, cells))
+        day = cell.get("measured") or (stamp.group(1) if stamp else "unknown")
+        row = {"tool": cell["tool"], "method": cell["method"], "ptq": cell["PTQ"], "measured": day,
+               "machine": machines.get(day) or (stamp.group(2) if stamp and stamp.group(1) == day else "")}
+        if cell["note"].startswith("not run: "):
+            row["error"] = cell["note"].removeprefix("not run: ")
+        else:
+            agree = cell.get("NN agreement %") or cell.get("top-1 agreement %")
+            row.update(fidelity=[float(cell["mean cosine"]), float(cell["min cosine"]), float(agree)],
+                       bytes=int(cell["weight bytes"].replace(",", "")), seconds=float(cell["seconds"]), peak_mb=float(cell["peak MB"]))
+        rows.append(row)
+    return rows
 
 
 def write(setup: Setup, rows: list[dict], name: str) -> None:
@@ -275,18 +330,25 @@ def write(setup: Setup, rows: list[dict], name: str) -> None:
         "weight-only (IntxWeightOnlyConfig, the CPU path) keeps one int8 per weight, hence its bytes; torchao quantizes "
         "Linear layers only; a peer that fails on a model shows its error in the note column. Peak MB counts growth "
         "above the process's size when the call began, so memory an earlier row freed and this one reused is not counted.\n\n")
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    earlier = {r["measured"]: r.get("machine", "") for r in rows if r.get("measured", today) != today}
+    if earlier:
+        body += ("Rows with an earlier date in the 'measured' column were kept from an earlier run (`--keep-earlier`), "
+                 "not measured in this one; their seconds are that machine's:\n"
+                 + "".join(f"- {day}: {machine or 'machine not recorded'}\n" for day, machine in sorted(earlier.items())) + "\n")
     out = []
     for r in sorted(rows, key=lambda r: (r.get("bytes", 1 << 62), r["tool"])):
+        day = r.get("measured", today)
         if "error" in r:
-            out.append([r["tool"], r["method"], r["ptq"], "—", "—", "—", "—", "—", "—", "—", f"not run: {r['error']}"])
+            out.append([r["tool"], r["method"], r["ptq"], "—", "—", "—", "—", "—", "—", "—", f"not run: {r['error']}", day])
             continue
         mean, low, agree = r["fidelity"]
         out.append([r["tool"], r["method"], r["ptq"], f"{mean:.4f}", f"{low:.4f}", f"{agree:.1f}", f"{r['bytes']:,}",
-                    f"{100 * r['bytes'] / setup.fp32_bytes:.2f} %", f"{r['seconds']:.1f}", f"{r['peak_mb']:.0f}", ""])
+                    f"{100 * r['bytes'] / setup.fp32_bytes:.2f} %", f"{r['seconds']:.1f}", f"{r['peak_mb']:.0f}", "", day])
     agree_col = "NN agreement %" if name == "mpnet" else "top-1 agreement %"
     body += table(["tool", "method", "PTQ", "mean cosine", "min cosine", agree_col, "weight bytes", "of fp32", "seconds",
-                   "peak MB", "note"], out)
-    section = {"mpnet": "calib_2_mpnet", "effnet": "calib_3_effnet"}[name]
+                   "peak MB", "note", "measured"], out)
+    section = SECTION[name]
     title = {"mpnet": "PTQ of all-mpnet-base-v2 against optimum-quanto, torchao and NNCF (issue 11)",
              "effnet": "PTQ of EfficientNet-Lite0 against optimum-quanto, torchao and NNCF (issue 11)"}[name]
     write_section(section, title, body, f"python benchmarks/ptq_pretrained.py --model {name}")

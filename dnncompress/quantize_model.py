@@ -10,6 +10,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn as nn
 
+from . import tune as tuning
 from .calibrate import calibrate
 from .errors import UserError
 from .quant import make_quantizer
@@ -46,9 +47,11 @@ def quantize(
     calibration_options: dict | None = None,
     target_bits: float | None = None,
     bits_choices: Iterable[int] | None = None,
+    tune_epochs: int = 0,
+    tune_lr: float = 1e-3,
     progress=None,
     **options,
-) -> list[dict]:
+) -> Summary:
     """Put a fitted quantizer on each Conv/Linear (any module with a 2-D+ weight) matching include/exclude.
 
     `overrides` maps fnmatch patterns of module names to option dicts (e.g. {"conv1": {"bits": 8}});
@@ -59,7 +62,10 @@ def quantize(
     damp, refit, weighting). `target_bits` (codebook, pq: schemes with a bit width) chooses each layer's bits
     from `bits_choices` so that the quantized layers average at most that many bits per weight, codes and
     tables counted, least harm to the model's output on the calibration data first (`dnncompress.mixed`); a
-    layer whose override sets its bits keeps them. Returns the per-layer summary.
+    layer whose override sets its bits keeps them. `tune_epochs` (needs calibration) then trains, with every code
+    fixed, per-row factors folded into the level tables, the quantized layers' biases and the norms, so the
+    model's outputs match its own outputs from before quantization on the calibration data (`dnncompress.tune`;
+    no bytes added). Returns the per-layer summary (a list; its `.tuning` holds the tuning's own summary).
     """
     if "codebook" in options:  # the CLI's name for the codebook mode
         options["mode"] = options.pop("codebook")
@@ -67,6 +73,13 @@ def quantize(
     layers = compressible_layers(model, include, exclude)
     if not layers:
         raise UserError("no layer matched: quantize needs modules with a 2-D+ weight (check include/exclude patterns)")
+    chunks = targets = None
+    if tune_epochs:
+        if calibration is None:
+            raise UserError("tune_epochs trains against the model's own outputs on calibration data: it needs calibration "
+                            "(--calibrate N, or calibration=... in Python)")
+        chunks = tuning.minibatches(calibration_batches(calibration, next(model.parameters()).device))
+        targets = tuning.reference_outputs(model, chunks)  # before any layer is quantized: the teacher
     if target_bits is not None:
         overrides = _allocated(model, layers, scheme, options, overrides, calibration, target_bits, bits_choices, progress)
     quantized = []
@@ -85,7 +98,16 @@ def quantize(
     if calibration is not None:
         errors = {r.pop("layer"): r for r in calibrate(model, calibration_batches(calibration, next(model.parameters()).device),
                                                     **(calibration_options or {}))}
-    return [{**layer_summary(name, layers[name]), **errors.get(name, {})} for name in quantized]
+    tuned = tuning.tune(model, chunks, targets, tune_epochs, tune_lr, progress=progress) if tune_epochs else {}
+    return Summary([{**layer_summary(name, layers[name]), **errors.get(name, {})} for name in quantized], tuned)
+
+
+class Summary(list):
+    """quantize()'s per-layer rows; `tuning` holds the tuning summary (empty when it did not run)."""
+
+    def __init__(self, rows, tuning: dict | None = None):
+        super().__init__(rows)
+        self.tuning = tuning or {}
 
 
 def _allocated(model, layers, scheme, options, overrides, calibration, target_bits, bits_choices, progress) -> dict:

@@ -20,7 +20,7 @@ from .common import (
 )
 
 EXAMPLE = "dnncompress quantize tuned.pt --scheme fourval --exclude conv1 -o q.pt"
-FIELDS = ["scheme", "bits", "codebook", "zero", "init", "rule", "per_channel", "group_size", "rotate", "refit", "calibrate", "target_bits"]
+FIELDS = ["scheme", "bits", "codebook", "zero", "init", "rule", "per_channel", "group_size", "rotate", "refit", "calibrate", "target_bits", "tune_epochs"]
 HELP = {"scheme": "fourval, ternary, asym-ternary, asym-quaternary, codebook, pq (see 'dnncompress list')",
         "bits": "bits per code (codebook: 2–8; pq: 1–8, 2^bits centroids; the others are 2-bit)",
         "codebook": "codebook: SQC (static) or DQC (dynamic)", "zero": "codebook: keep an exact zero value",
@@ -30,7 +30,9 @@ HELP = {"scheme": "fourval, ternary, asym-ternary, asym-quaternary, codebook, pq
         "rotate": "quantize each row in a randomized Hadamard frame (outlier columns spread out; costs no bytes; unpruned layers only)",
         "calibrate": "calibrated PTQ on N validation samples: each layer minimizes its output error (GPTQ-style) with the scheme's levels",
         "target_bits": "mixed precision (codebook, pq): each layer's bits chosen so the layers average at most this many bits per "
-                       "weight, least harm to the output on the --calibrate samples first"}
+                       "weight, least harm to the output on the --calibrate samples first",
+        "tune_epochs": "after calibration, with every code fixed, train per-row scales (folded into the tables), biases and "
+                       "norms for N epochs to match the unquantized model's outputs on the --calibrate samples (no bytes added)"}
 
 
 def _parse_overrides(items) -> dict:

@@ -274,6 +274,15 @@ class ScalarQuantizer(Quantizer):
             self.levels = levels.float().contiguous()
         self.thresholds = thresholds.float().contiguous()
 
+    @torch.no_grad()
+    def scale_rows(self, s: torch.Tensor) -> None:
+        """Multiply table row r's levels by s[r] > 0 (calibration's least-squares scales): a code keeps its
+        meaning, the thresholds scale along, and the table is rebuilt from the numbers the scheme stores so
+        that decode(encode(·)) stays exact."""
+        s = s.reshape(-1, 1).to(self.levels)
+        self._store(self.levels.detach() * s, self.thresholds * s)
+        self._store(*self._from_tables(self._tables(), self.levels.shape[0]))
+
     def encode(self, w: torch.Tensor) -> torch.Tensor:
         """int64 codes shaped like w; subclasses define encode_bytes."""
         return self.encode_bytes(w).long()

@@ -101,6 +101,13 @@ class Codebook(ScalarQuantizer):
         self.shared, self.scale = shared, scale
         return self._scaled_table()
 
+    @torch.no_grad()
+    def scale_rows(self, s: torch.Tensor) -> None:
+        if not self.per_channel:
+            return super().scale_rows(s)
+        self.scale = self.scale * s.reshape(-1, 1).to(self.scale)  # the shared table stays; each row's scale moves
+        self._store(*self._scaled_table())
+
     def _zero_index(self) -> int:
         return int(self.levels.detach().abs().argmin())
 

@@ -33,6 +33,9 @@ class QuantizeParams:
     # mixed precision: each layer's bits (codebook, pq) chosen so the quantized layers average at most this many bits per
     # weight, codes and tables counted, by each layer's effect on the output over the calibration samples
     target_bits: float | None = None
+    # then, every code fixed, train per-row factors (folded into the tables), biases and norms for this many epochs so
+    # the outputs match the unquantized model's on the calibration samples (no bytes added; needs calibrate)
+    tune_epochs: int = 0
     include: list = field(default_factory=lambda: ["*"])
     exclude: list = field(default_factory=list)
     overrides: dict = field(default_factory=dict)
@@ -44,6 +47,9 @@ class QuantizeParams:
 
         make_quantizer(self.scheme, **self.quantizer_options())  # conflicts fail at validation, not after loading data
         whole(self.calibrate, "calibrate", 0, 1 << 24)
+        whole(self.tune_epochs, "tune-epochs", 0, 1000)
+        if self.tune_epochs and not self.calibrate:
+            raise UserError("--tune-epochs trains against the model's own outputs on calibration samples: add --calibrate N")
         if self.target_bits is not None:
             finite(self.target_bits, "target-bits", 0.0, 32.0, low_open=True, hint="bits per weight, e.g. 4")
             if not self.calibrate:
@@ -85,11 +91,13 @@ def quantize_stage(ckpt, p: QuantizeParams, ctx: Context) -> StageOutput:
         val = ctx.validation(ckpt, "--calibrate")
         calibration = val.tensors[0][: p.calibrate]
     summary = quantize(model, p.scheme, p.include, p.exclude, p.overrides, calibration=calibration, target_bits=p.target_bits,
-                       progress=ctx.progress, **p.quantizer_options())
+                       tune_epochs=p.tune_epochs, progress=ctx.progress, **p.quantizer_options())
     out = update_checkpoint(derive(ckpt), model)
     result = {"layers": summary}
     if calibration is not None:
         result["calibration"] = {"samples": len(calibration), "split": "validation"}
+    if summary.tuning:
+        result["tuning"] = {**summary.tuning, "split": f"validation ({len(calibration)} samples)"}
     if p.target_bits is not None:
         result["allocation"] = {"target_bits": p.target_bits, "chosen_on": f"validation ({len(calibration)} samples)",
                                 "bits": {r["layer"]: r["bits"] for r in summary}}
