@@ -58,7 +58,7 @@ CNN_ONLY |= {label for label, _ in MIXED}  # not run on MPNet here: its scan is 
 CALIBRATED_ONLY = {label for label, _ in MIXED}
 # calibrated, then tuned (`tune_epochs`): every code fixed, per-row factors (folded into the tables), biases and norms
 # trained for 3 epochs against the fp32 model's own outputs on the calibration split; no bytes added
-TUNED = [(f"{label} + rotation, tuned 3 epochs", {**opts, "rotate": True, "tune_epochs": 3})
+TUNED = [(f"{label} + rotation + tuned 3 epochs", {**opts, "rotate": True, "tune_epochs": 3})
          for label, opts in SCHEMES if label in ("fourval per channel", "ternary per channel", "codebook 2 bits per channel",
                                                  "codebook 4 bits per channel")]
 SCHEMES += TUNED
