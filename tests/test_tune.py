@@ -111,3 +111,22 @@ def test_cli_tune_epochs(in_tmp, tiny_ckpt):
     r = runner.invoke(main, ["quantize", str(tiny_ckpt), "--scheme", "fourval", "--tune-epochs", "2", "-o", "u.pt"])
     assert r.exit_code == 2 and "--calibrate" in r.output and len(r.output.strip().splitlines()) == 1
     assert not (in_tmp / "u.pt").exists()
+
+
+def test_a_cnn_with_batch_norm_is_tuned_channel_by_channel(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, bias=False),
+                        nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    net[1].running_mean.uniform_(-0.2, 0.2)
+    net[1].running_var.uniform_(0.5, 2)
+    x = torch.randn(320, 3, 8, 8)
+    calib, held = x[:256], x[256:]
+    cal, tuned = copy.deepcopy(net), copy.deepcopy(net)
+    quantize(cal, scheme="fourval", per_channel=True, calibration=calib)
+    summary = quantize(tuned, scheme="fourval", per_channel=True, calibration=calib, tune_epochs=10, tune_lr=3e-3)
+    assert summary.tuning["kept_epoch"] > 0
+    assert _error(tuned, net, held) < _error(cal, net, held)
+    assert torch.equal(tuned[1].running_mean, net[1].running_mean)  # eval mode: the statistics stay as they were
+    save_packed(tuned, tmp_path / "t.dnc")
+    with torch.no_grad():
+        assert torch.equal(load_packed(tmp_path / "t.dnc", model=copy.deepcopy(net))(held), tuned(held))
