@@ -307,3 +307,46 @@ def asym_fake_quantize(values, keep, ap, an, quaternary, refit, iters, q, levels
                 v = row[j]
                 out[j] = p if v > hp else (-m_ if v <= -hn else np.float32(0.0))
         _apply_keep(out, keep, r)
+
+
+@njit(cache=True, inline="always")
+def _table_row(src, th, lv, top, dst):  # pragma: no cover - compiled
+    """dst[j] = lv[#{k : th[k] < src[j]}] by a branchless binary search over th (sorted, padded with +inf
+    to top − 1 entries, top a power of two): log2(top) comparisons a weight."""
+    for j in range(src.size):
+        v = src[j]
+        c = 0
+        s = top >> 1
+        while s > 0:
+            c += s if th[c + s - 1] < v else 0
+            s >>= 1
+        dst[j] = lv[c]
+
+
+@njit(cache=True, parallel=True)
+def table_fake_quantize(values, keep, levels, thresholds, q):  # pragma: no cover - compiled
+    """A static table's QAT forward in one pass: q[r, j] = levels[r or 0, code] with code the number of
+    thresholds[r or 0] below values[r, j] (searchsorted's code), times keep (R×L uint8, or 0×0: every weight
+    kept). Where one table serves every row the flat array is cut into blocks, so that one long row still splits."""
+    rows, length = values.shape
+    t = thresholds.shape[1]
+    top = 1
+    while top < t + 1:
+        top *= 2
+    th = np.full((thresholds.shape[0], top - 1), np.inf, dtype=np.float32)
+    th[:, :t] = thresholds
+    masked = keep.shape[0] > 0
+    if th.shape[0] == 1:
+        flat, dst = values.reshape(-1), q.reshape(-1)
+        kflat = keep.reshape(-1)
+        n = flat.size
+        for b in prange((n + BLOCK - 1) // BLOCK):
+            lo, hi = b * BLOCK, min(n, (b + 1) * BLOCK)
+            _table_row(flat[lo:hi], th[0], levels[0], top, dst[lo:hi])
+            if masked:
+                for i in range(lo, hi):
+                    dst[i] *= kflat[i]
+        return
+    for r in prange(rows):
+        _table_row(values[r], th[r], levels[r], top, q[r])
+        _apply_keep(q[r], keep, r)

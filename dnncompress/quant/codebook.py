@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from ..errors import UserError
 from .base import SCHEMES, ScalarQuantizer, StraightThrough, check_table, midpoints
-from .fastcode import as_bytes, count_below
+from .fastcode import as_bytes, count_below, table_forward
 from .kmeans import kmeans_1d, lloyd_sorted
 
 
@@ -142,6 +142,10 @@ class Codebook(ScalarQuantizer):
     def fake_quantize(self, w, mask=None):
         if not self.fitted:
             self.fit(w, mask)
+        if not isinstance(self.levels, nn.Parameter):  # static: nothing needs the codes, one compiled pass gives q
+            fast = self._static_forward(w, mask)
+            if fast is not None:
+                return StraightThrough.apply(w, fast.to(w.dtype).reshape(w.shape))
         codes = self.encode_bytes(w)
         if self.training:
             self._last_codes = codes.detach()
@@ -152,6 +156,18 @@ class Codebook(ScalarQuantizer):
         if not isinstance(self.levels, nn.Parameter):  # static: no gradient to the values, one STE node
             return StraightThrough.apply(w, q)
         return q + (w - w.detach())
+
+    def _static_forward(self, w, mask):
+        """decode(encode(w)) × mask in one compiled pass, with the thresholds encode_bytes uses; None where
+        the two-step path must run (no numba, a small layer, values that crossed)."""
+        if self.per_channel:
+            levels, thresholds = self.levels, self.thresholds
+        else:
+            levels = self.levels.detach()
+            if bool((levels[:, 1:] < levels[:, :-1]).any()):
+                return None
+            thresholds = midpoints(levels)
+        return table_forward(w.detach().reshape(self.levels.shape[0], -1).float(), levels.float(), thresholds, mask)
 
     def on_step(self, step: int, total: int) -> None:
         every = self.options["refit_every"]

@@ -123,6 +123,17 @@ def fused_forward(kernel: str, rows: torch.Tensor, mask: torch.Tensor | None, pe
     return q, levels, thresholds
 
 
+def table_forward(rows: torch.Tensor, levels: torch.Tensor, thresholds: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """levels[r or 0, count_below(w)] × mask for R×n rows in one compiled pass (a static table's QAT forward:
+    no code bytes in between); None where the torch path must run."""
+    kernels = compiled(rows.numel(), rows, levels, thresholds, least=QAT_COMPILED_FROM)
+    if kernels is None or rows.dim() != 2 or levels.shape[0] not in (1, rows.shape[0]) or thresholds.shape != (levels.shape[0], levels.shape[1] - 1):
+        return None
+    q = torch.empty(rows.shape)
+    kernels.table_fake_quantize(_np(rows), _keep(mask, rows.shape), _np(levels), _np(thresholds), q.numpy())
+    return q
+
+
 def gather_levels(levels: torch.Tensor, codes: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """levels[r or 0, codes[r, j]] for R×n codes (a table of 1 or R rows), into `out` when given.
     ValueError on a code beyond the table. Differentiable (torch's gather) when the levels need a gradient."""
