@@ -125,9 +125,11 @@ def fused_forward(kernel: str, rows: torch.Tensor, mask: torch.Tensor | None, pe
 
 def table_forward(rows: torch.Tensor, levels: torch.Tensor, thresholds: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
     """levels[r or 0, count_below(w)] × mask for R×n rows in one compiled pass (a static table's QAT forward:
-    no code bytes in between); None where the torch path must run."""
+    no code bytes in between); None where the two-step path (codes, then a gather) must run."""
     kernels = compiled(rows.numel(), rows, levels, thresholds, least=QAT_COMPILED_FROM)
     if kernels is None or rows.dim() != 2 or levels.shape[0] not in (1, rows.shape[0]) or thresholds.shape != (levels.shape[0], levels.shape[1] - 1):
+        return None
+    if levels.shape[0] == 1 and thresholds.shape[1] > 15:  # one wide table: count_below's grid and a gather beat a search (8 bits: 4 ms vs 8+)
         return None
     q = torch.empty(rows.shape)
     kernels.table_fake_quantize(_np(rows), _keep(mask, rows.shape), _np(levels), _np(thresholds), q.numpy())
