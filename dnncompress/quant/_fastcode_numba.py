@@ -245,68 +245,133 @@ def ternary_fake_quantize(values, keep, alpha, delta, twn, refit, iters, q, leve
         _apply_keep(out, keep, r)
 
 
+@njit(cache=True, inline="always")
+def _half_sums(row, keep, masked, lo, hi, tp, tn, out):  # pragma: no cover - compiled
+    """Over row[lo:hi]'s kept weights: (Σ|w|, count) of those ≥ 0 with |w| > tp and of those < 0 with
+    |w| > tn (a negative t counts every one), into out[0:4]. One pass for both halves, no branches."""
+    sp = 0.0
+    kp = 0
+    sn = 0.0
+    kn = 0
+    for j in range(lo, hi):
+        v = row[j]
+        mag = abs(v)
+        ok = (not masked) or keep[j] != 0
+        pos = v >= 0
+        bigp = ok and pos and mag > tp
+        bign = ok and (not pos) and mag > tn
+        sp += np.float64(mag) if bigp else 0.0
+        kp += 1 if bigp else 0
+        sn += np.float64(mag) if bign else 0.0
+        kn += 1 if bign else 0
+    out[0], out[1], out[2], out[3] = sp, kp, sn, kn
+
+
+@njit(cache=True, inline="always")
+def _asym_update(p, m_, total, big, quaternary):  # pragma: no cover - compiled
+    """One round of each half's α update from the sums _half_sums gave (total: every kept weight; big: those past the threshold)."""
+    if quaternary:
+        p = np.float32((total[0] + big[0]) / max(total[1] + 3 * big[1], 1))
+        m_ = np.float32((total[2] + big[2]) / max(total[3] + 3 * big[3], 1))
+    else:
+        if big[1] > 0:
+            p = np.float32(big[0] / big[1])
+        if big[3] > 0:
+            m_ = np.float32(big[2] / big[3])
+    return p, m_
+
+
+@njit(cache=True, inline="always")
+def _asym_thresholds(p, m_, quaternary):  # pragma: no cover - compiled
+    if quaternary:
+        return np.float32(1.5) * p, np.float32(1.5) * m_
+    return p / np.float32(2), m_ / np.float32(2)
+
+
+@njit(cache=True, inline="always")
+def _asym_out(row, keep, masked, lo, hi, p, m_, quaternary, out):  # pragma: no cover - compiled
+    """out[j] for j in [lo, hi): the nearest level within the weight's half (an exact zero takes +αp), times keep."""
+    if quaternary:
+        tp, tn = np.float32(1.5) * p, np.float32(1.5) * m_
+        for j in range(lo, hi):
+            v = row[j]
+            if v >= 0:
+                out[j] = (p + p) if v > tp else p
+            else:
+                out[j] = -m_ if v > -tn else -(m_ + m_)
+    else:
+        hp, hn = p / np.float32(2), m_ / np.float32(2)
+        for j in range(lo, hi):
+            v = row[j]
+            out[j] = p if v > hp else (-m_ if v <= -hn else np.float32(0.0))
+    if masked:
+        for j in range(lo, hi):
+            out[j] *= keep[j]
+
+
+@njit(cache=True, inline="always")
+def _asym_table(levels, thresholds, r, p, m_, quaternary):  # pragma: no cover - compiled
+    if quaternary:
+        levels[r, 0], levels[r, 1], levels[r, 2], levels[r, 3] = -(m_ + m_), -m_, p, p + p
+        thresholds[r, 0], thresholds[r, 1], thresholds[r, 2] = -(np.float32(1.5) * m_), np.float32(0.0), np.float32(1.5) * p
+    else:
+        levels[r, 0], levels[r, 1], levels[r, 2] = -m_, np.float32(0.0), p
+        thresholds[r, 0], thresholds[r, 1] = -(m_ / np.float32(2)), p / np.float32(2)
+
+
 @njit(cache=True, parallel=True, fastmath={"reassoc"})
 def asym_fake_quantize(values, keep, ap, an, quaternary, refit, iters, q, levels, thresholds):  # pragma: no cover - compiled
-    """The asymmetric schemes' QAT forward on R×L rows, one row per thread. With `refit`, each half (the
-    kept weights ≥ 0, and those < 0) takes the step's update from its own α (quaternary: `iters` rounds
-    of α ← (Σ|w| + Σ_{|w|>1.5α}|w|) / max(n + 3k, 1); ternary: α ← mean of |w| > α/2). Then the nearest
-    level within the weight's half (an exact zero takes +αp, as it was fitted), times keep. The new
-    table goes to levels/thresholds as asym.py's _table writes them."""
+    """The asymmetric schemes' QAT forward on R×L rows. With `refit`, each half (the kept weights ≥ 0, and
+    those < 0) takes the step's update from its own α (quaternary: `iters` rounds of
+    α ← (Σ|w| + Σ_{|w|>1.5α}|w|) / max(n + 3k, 1); ternary: α ← mean of |w| > α/2); both halves share each
+    pass. Then the nearest level within the weight's half (an exact zero takes +αp, as it was fitted), times
+    keep. The new table goes to levels/thresholds as asym.py's _table writes them. Many rows: one row per
+    thread. One long row (a table per layer): fixed blocks of it in parallel, each block's sums added in
+    block order, so the result does not depend on the number of threads."""
     rows, length = values.shape
     masked = keep.shape[0] > 0
+    if rows == 1 and length > BLOCK:
+        row = values[0]
+        krow = keep[0] if masked else keep.reshape(-1)
+        nb = (length + BLOCK - 1) // BLOCK
+        part = np.zeros((nb, 4))
+        p = ap[0]
+        m_ = an[0]
+        if refit:
+            total = np.zeros(4)
+            big = np.zeros(4)
+            for b in prange(nb):
+                _half_sums(row, krow, masked, b * BLOCK, min(length, (b + 1) * BLOCK), -1.0, -1.0, part[b])
+            for b in range(nb):
+                total += part[b]
+            for _ in range(iters):
+                tp, tn = _asym_thresholds(p, m_, quaternary)
+                for b in prange(nb):
+                    _half_sums(row, krow, masked, b * BLOCK, min(length, (b + 1) * BLOCK), tp, tn, part[b])
+                big[:] = 0.0
+                for b in range(nb):
+                    big += part[b]
+                p, m_ = _asym_update(p, m_, total, big, quaternary)
+        _asym_table(levels, thresholds, 0, p, m_, quaternary)
+        out = q[0]
+        for b in prange(nb):
+            _asym_out(row, krow, masked, b * BLOCK, min(length, (b + 1) * BLOCK), p, m_, quaternary, out)
+        return
     for r in prange(rows):
         row = values[r]
+        krow = keep[r] if masked else keep.reshape(-1)
         p = ap[r]
         m_ = an[r]
         if refit:
-            for half in range(2):
-                a = p if half == 0 else m_
-                total = 0.0
-                n = 0
-                for j in range(length):
-                    v = row[j]
-                    inside = (v >= 0) if half == 0 else (v < 0)
-                    if inside and (not masked or keep[r, j]):
-                        total += np.float64(abs(v))
-                        n += 1
-                for _ in range(iters):
-                    t = np.float32(1.5) * a if quaternary else a / np.float32(2)
-                    s = 0.0
-                    k = 0
-                    for j in range(length):
-                        v = row[j]
-                        mag = abs(v)
-                        inside = (v >= 0) if half == 0 else (v < 0)
-                        big = inside and mag > t and (not masked or keep[r, j] != 0)
-                        s += np.float64(mag) if big else 0.0
-                        k += 1 if big else 0
-                    if quaternary:
-                        a = np.float32((total + s) / max(n + 3 * k, 1))
-                    elif k > 0:
-                        a = np.float32(s / k)
-                if half == 0:
-                    p = a
-                else:
-                    m_ = a
-        out = q[r]
-        if quaternary:
-            tp, tn = np.float32(1.5) * p, np.float32(1.5) * m_
-            levels[r, 0], levels[r, 1], levels[r, 2], levels[r, 3] = -(m_ + m_), -m_, p, p + p
-            thresholds[r, 0], thresholds[r, 1], thresholds[r, 2] = -tn, np.float32(0.0), tp
-            for j in range(length):
-                v = row[j]
-                if v >= 0:
-                    out[j] = (p + p) if v > tp else p
-                else:
-                    out[j] = -m_ if v > -tn else -(m_ + m_)
-        else:
-            hp, hn = p / np.float32(2), m_ / np.float32(2)
-            levels[r, 0], levels[r, 1], levels[r, 2] = -m_, np.float32(0.0), p
-            thresholds[r, 0], thresholds[r, 1] = -hn, hp
-            for j in range(length):
-                v = row[j]
-                out[j] = p if v > hp else (-m_ if v <= -hn else np.float32(0.0))
-        _apply_keep(out, keep, r)
+            total = np.zeros(4)
+            big = np.zeros(4)
+            _half_sums(row, krow, masked, 0, length, -1.0, -1.0, total)
+            for _ in range(iters):
+                tp, tn = _asym_thresholds(p, m_, quaternary)
+                _half_sums(row, krow, masked, 0, length, tp, tn, big)
+                p, m_ = _asym_update(p, m_, total, big, quaternary)
+        _asym_table(levels, thresholds, r, p, m_, quaternary)
+        _asym_out(row, krow, masked, 0, length, p, m_, quaternary, q[r])
 
 
 @njit(cache=True, inline="always")
