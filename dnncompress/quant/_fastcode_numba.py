@@ -174,39 +174,79 @@ def _apply_keep(out, keep, r):  # pragma: no cover - compiled
             out[j] *= keep[r, j]
 
 
+@njit(cache=True, inline="always")
+def _fourval_sums(row, lo, hi, t, out):  # pragma: no cover - compiled
+    """(Σ|w| + Σ_{|w|>t}|w|, #{|w| > t}) over row[lo:hi] into out[0:2] (pruned weights are exact zeros: never big)."""
+    s = 0.0
+    k = 0
+    for j in range(lo, hi):
+        m = abs(row[j])
+        big = m > t
+        s += np.float64(m) * (2.0 if big else 1.0)
+        k += 1 if big else 0
+    out[0], out[1] = s, k
+
+
+@njit(cache=True, inline="always")
+def _fourval_out(row, lo, hi, a, out):  # pragma: no cover - compiled
+    t2 = np.float32(1.5) * a
+    two = a + a
+    for j in range(lo, hi):
+        v = row[j]
+        level = two if abs(v) > t2 else a
+        out[j] = level if v > 0 else -level
+
+
 @njit(cache=True, parallel=True, fastmath={"reassoc"})
 def fourval_fake_quantize(values, keep, big_at, alpha, refit, q, levels, thresholds):  # pragma: no cover - compiled
-    """FourValue's QAT forward on R×L rows, one row per thread (the row stays in cache between the two
-    loops): with `refit`, first α ← (Σ|w| + Σ_{|w|>big_at}|w|) / max(n + 3k, 1) over the kept weights
-    (FourValue.fake_quantize's O(n) step; pruned weights arrive as exact zeros, which add nothing and are
-    never big), then q = ±α·(1 or 2) by the new threshold 1.5α, times keep. `keep` is R×L uint8 or 0×0
-    (every weight kept). Sums in float64, vectorized (reassociated, in the same order on every run):
-    within float32 rounding of torch's float32 sums. The new table goes to levels (R×4: −2α, −α, α, 2α)
-    and thresholds (R×3: −1.5α, 0, 1.5α), as fourval._table writes them."""
+    """FourValue's QAT forward on R×L rows: with `refit`, first α ← (Σ|w| + Σ_{|w|>big_at}|w|) / max(n + 3k, 1)
+    over the kept weights (FourValue.fake_quantize's O(n) step; pruned weights arrive as exact zeros, which add
+    nothing and are never big), then q = ±α·(1 or 2) by the new threshold 1.5α, times keep. `keep` is R×L
+    uint8 or 0×0 (every weight kept). Sums in float64, vectorized (reassociated, in the same order on every
+    run): within float32 rounding of torch's float32 sums. The new table goes to levels (R×4: −2α, −α, α, 2α)
+    and thresholds (R×3: −1.5α, 0, 1.5α), as fourval._table writes them. Many rows: one row per thread (the
+    row stays in cache between the two loops). One long row (a table per layer): fixed blocks in parallel,
+    their sums added in block order, so the result does not depend on the number of threads."""
     rows, length = values.shape
+    masked = keep.shape[0] > 0
+    if rows == 1 and length > BLOCK:
+        row = values[0]
+        nb = (length + BLOCK - 1) // BLOCK
+        a = alpha[0]
+        if refit:
+            part = np.zeros((nb, 2))
+            for b in prange(nb):
+                _fourval_sums(row, b * BLOCK, min(length, (b + 1) * BLOCK), big_at[0], part[b])
+            s = 0.0
+            k = 0.0
+            for b in range(nb):
+                s += part[b, 0]
+                k += part[b, 1]
+            a = np.float32(s / max(_kept(keep, 0, length) + 3 * k, 1))
+        t2 = np.float32(1.5) * a
+        levels[0, 0], levels[0, 1], levels[0, 2], levels[0, 3] = -(a + a), -a, a, a + a
+        thresholds[0, 0], thresholds[0, 1], thresholds[0, 2] = -t2, np.float32(0.0), t2
+        out = q[0]
+        for b in prange(nb):
+            lo, hi = b * BLOCK, min(length, (b + 1) * BLOCK)
+            _fourval_out(row, lo, hi, a, out)
+            if masked:
+                for j in range(lo, hi):
+                    out[j] *= keep[0, j]
+        return
     for r in prange(rows):
         row = values[r]
         a = alpha[r]
         if refit:
-            t = big_at[r]
-            s = 0.0
-            k = 0
-            for j in range(length):
-                m = abs(row[j])
-                big = m > t
-                s += np.float64(m) * (2.0 if big else 1.0)
-                k += 1 if big else 0
-            a = np.float32(s / max(_kept(keep, r, length) + 3 * k, 1))
+            sums = np.zeros(2)
+            _fourval_sums(row, 0, length, big_at[r], sums)
+            a = np.float32(sums[0] / max(_kept(keep, r, length) + 3 * sums[1], 1))
         t2 = np.float32(1.5) * a
         two = a + a
         levels[r, 0], levels[r, 1], levels[r, 2], levels[r, 3] = -two, -a, a, two
         thresholds[r, 0], thresholds[r, 1], thresholds[r, 2] = -t2, np.float32(0.0), t2
-        out = q[r]
-        for j in range(length):
-            v = row[j]
-            level = two if abs(v) > t2 else a
-            out[j] = level if v > 0 else -level
-        _apply_keep(out, keep, r)
+        _fourval_out(row, 0, length, a, q[r])
+        _apply_keep(q[r], keep, r)
 
 
 @njit(cache=True, parallel=True, fastmath={"reassoc"})
