@@ -301,3 +301,25 @@ def test_compiled_huffman_decode_equals_numpy_and_refuses_what_numpy_refuses(mon
         if fast is not None:
             assert np.array_equal(fast, slow)
     assert sum(both(*c)[0] is None for c in cases) >= 2  # the cut and the moved offset at least
+
+
+@pytest.mark.parametrize("pruned", [False, True])
+def test_dynamic_codebook_lookup_gives_torch_gather_gradients(pruned):
+    """The one-node forward of a trained table: the same values as gather, the weight's gradient straight
+    through, and per value the summed gradient of the kept weights coded to it (gather's backward)."""
+    g = torch.Generator().manual_seed(3)
+    w = (torch.randn(300, 200, generator=g) * 0.05).requires_grad_()
+    mask = (torch.rand(w.shape, generator=g) > 0.4) if pruned else None
+    qz = make_quantizer("codebook", bits=4, mode="dynamic", zero=False).fit(w.detach(), mask)
+    qz.train()
+    up = torch.randn(w.shape, generator=g)
+    out = qz(w, mask)
+    (out * up).sum().backward()
+    codes = qz.encode(w.detach())
+    levels = qz.levels.detach().clone().requires_grad_()
+    ref = torch.gather(levels.expand(w.shape[0], -1), 1, codes.reshape(w.shape[0], -1)).reshape(w.shape)
+    ref = ref * mask if pruned else ref
+    assert torch.equal(out.detach(), ref.detach())
+    (ref * up).sum().backward()
+    assert torch.equal(w.grad, up)
+    assert torch.allclose(qz.levels.grad, levels.grad, rtol=1e-5, atol=1e-5)

@@ -466,3 +466,21 @@ def table_fake_quantize(values, keep, levels, thresholds, q):  # pragma: no cove
     for r in prange(rows):
         _table_block(values[r], th[r], levels[r], t, top, q[r])
         _apply_keep(q[r], keep, r)
+
+
+@njit(cache=True, parallel=True)
+def level_sums(codes, grad, levels, out):  # pragma: no cover - compiled
+    """out[c] = Σ grad[i] over the i with codes[i] = c, c < levels (a trained table's gradient: what torch's
+    gather backward gives). Fixed blocks in parallel, float64 partial sums added in block order."""
+    n = codes.size
+    nb = (n + BLOCK - 1) // BLOCK
+    part = np.zeros((nb, levels))
+    for b in prange(nb):
+        acc = part[b]
+        for i in range(b * BLOCK, min(n, (b + 1) * BLOCK)):
+            acc[codes[i]] += grad[i]
+    for c in range(levels):
+        s = 0.0
+        for b in range(nb):
+            s += part[b, c]
+        out[c] = s

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from ..errors import UserError
 from .base import SCHEMES, ScalarQuantizer, StraightThrough, check_table, midpoints
-from .fastcode import as_bytes, count_below, table_forward
+from .fastcode import as_bytes, count_below, gather_levels, level_sums, table_forward
 from .kmeans import kmeans_1d, lloyd_sorted
 
 
@@ -150,6 +150,8 @@ class Codebook(ScalarQuantizer):
         if self.training:
             self._last_codes = codes.detach()
             self._last_rows = (w.detach(), mask)
+        if isinstance(self.levels, nn.Parameter) and torch.is_grad_enabled() and w.device.type == "cpu" and codes.dim() >= 1:
+            return _TrainedLookup.apply(w, self.levels, codes, mask)  # one node: compiled gather, per-value gradient sums
         q = self.decode(codes, w.shape).to(w.dtype)
         if mask is not None:
             q = q * as_bytes(mask)
@@ -219,6 +221,28 @@ class Codebook(ScalarQuantizer):
     def describe(self) -> str:
         o = self.options
         return f"codebook {o['mode']}{' +0' if o['zero'] else ''}"
+
+
+class _TrainedLookup(torch.autograd.Function):
+    """A dynamic codebook's forward, q = levels[codes] × mask, as one autograd node: the weight's gradient
+    passes straight through (STE) and each value gets the sum of the gradients of the kept weights coded to
+    it, which is what gather + (w − w.detach()) gave, without their three full-size temporaries."""
+
+    @staticmethod
+    def forward(ctx, w, levels, codes, mask):
+        q = gather_levels(levels.detach(), codes.reshape(levels.shape[0], -1)).reshape(w.shape)
+        if mask is not None:
+            q = q * as_bytes(mask)
+        ctx.save_for_backward(codes, mask)
+        ctx.table = tuple(levels.shape)
+        return q.to(w.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        codes, mask = ctx.saved_tensors
+        g = grad if mask is None else grad * as_bytes(mask)
+        sums = level_sums(codes, g, ctx.table[1]).reshape(ctx.table)
+        return grad, sums, None, None
 
 
 @torch.no_grad()

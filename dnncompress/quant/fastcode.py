@@ -136,6 +136,17 @@ def table_forward(rows: torch.Tensor, levels: torch.Tensor, thresholds: torch.Te
     return q
 
 
+def level_sums(codes: torch.Tensor, grad: torch.Tensor, levels: int) -> torch.Tensor:
+    """(levels,) float32: the sum of `grad` over the positions holding each code (compiled when numba is
+    there and the layer is large; torch's index_add otherwise)."""
+    kernels = compiled(codes.numel(), grad.float(), least=QAT_COMPILED_FROM) if codes.dtype == torch.uint8 else None
+    if kernels is None:
+        return torch.zeros(levels, dtype=grad.dtype).index_add_(0, codes.reshape(-1).long(), grad.reshape(-1))
+    out = np.empty(levels, dtype=np.float32)
+    kernels.level_sums(_np(codes.reshape(-1)), _np(grad.reshape(-1).float()), levels, out)
+    return torch.from_numpy(out).to(grad.dtype)
+
+
 def gather_levels(levels: torch.Tensor, codes: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """levels[r or 0, codes[r, j]] for R×n codes (a table of 1 or R rows), into `out` when given.
     ValueError on a code beyond the table. Differentiable (torch's gather) when the levels need a gradient."""
