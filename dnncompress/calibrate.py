@@ -87,6 +87,21 @@ def join(batches: list):
         return None
 
 
+def batch_length(batch) -> int:
+    """How many samples a batch holds (a tensor's, a dict's or a tuple's first dimension)."""
+    first = next(iter(batch.values())) if isinstance(batch, dict) else batch[0] if isinstance(batch, tuple) else batch
+    return first.shape[0]
+
+
+def batch_rows(batch, start: int, stop: int):
+    """Samples [start, stop) of a batch (a tensor, a dict or a tuple of tensors)."""
+    if isinstance(batch, dict):
+        return {k: v[start:stop] for k, v in batch.items()}
+    if isinstance(batch, tuple):
+        return tuple(v[start:stop] for v in batch)
+    return batch[start:stop]
+
+
 class _Gram:
     """Accumulates 2·XᵀX/n of a layer's inputs, chunked so no float64 copy of a large input is made;
     `ok` turns False when the input cannot be read as the matrix the weight multiplies (a subclass that

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 
-from .calibrate import join, run
+from .calibrate import batch_rows, join, run
 from .errors import UserError
 from .pack.layers import storage_bytes
 from .prune.joint import choose
@@ -42,11 +42,7 @@ def _head(batches: list):
     batch = join(batches)
     if batch is None:  # shapes differ: the first batch alone
         batch = batches[0]
-    if isinstance(batch, dict):
-        return {k: v[:SCAN_SAMPLES] for k, v in batch.items()}
-    if isinstance(batch, tuple):
-        return tuple(v[:SCAN_SAMPLES] for v in batch)
-    return batch[:SCAN_SAMPLES]
+    return batch_rows(batch, 0, SCAN_SAMPLES)
 
 
 @torch.no_grad()

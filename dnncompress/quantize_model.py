@@ -73,15 +73,16 @@ def quantize(
     layers = compressible_layers(model, include, exclude)
     if not layers:
         raise UserError("no layer matched: quantize needs modules with a 2-D+ weight (check include/exclude patterns)")
+    batches = calibration_batches(calibration, next(model.parameters()).device) if calibration is not None else None
     chunks = targets = None
     if tune_epochs:
-        if calibration is None:
+        if batches is None:
             raise UserError("tune_epochs trains against the model's own outputs on calibration data: it needs calibration "
                             "(--calibrate N, or calibration=... in Python)")
-        chunks = tuning.minibatches(calibration_batches(calibration, next(model.parameters()).device))
+        chunks = tuning.minibatches(batches)
         targets = tuning.reference_outputs(model, chunks)  # before any layer is quantized: the teacher
     if target_bits is not None:
-        overrides = _allocated(model, layers, scheme, options, overrides, calibration, target_bits, bits_choices, progress)
+        overrides = _allocated(model, layers, scheme, options, overrides, batches, target_bits, bits_choices, progress)
     quantized = []
     for name, module in layers.items():
         opts = _options_for(name, {"scheme": scheme, **options}, overrides)
@@ -95,9 +96,8 @@ def quantize(
         attach(module, quantizer=q)
         quantized.append(name)
     errors = {}
-    if calibration is not None:
-        errors = {r.pop("layer"): r for r in calibrate(model, calibration_batches(calibration, next(model.parameters()).device),
-                                                    **(calibration_options or {}))}
+    if batches is not None:
+        errors = {r.pop("layer"): r for r in calibrate(model, batches, **(calibration_options or {}))}
     tuned = tuning.tune(model, chunks, targets, tune_epochs, tune_lr, progress=progress) if tune_epochs else {}
     return Summary([{**layer_summary(name, layers[name]), **errors.get(name, {})} for name in quantized], tuned)
 
@@ -110,7 +110,7 @@ class Summary(list):
         self.tuning = tuning or {}
 
 
-def _allocated(model, layers, scheme, options, overrides, calibration, target_bits, bits_choices, progress) -> dict:
+def _allocated(model, layers, scheme, options, overrides, batches, target_bits, bits_choices, progress) -> dict:
     """The overrides with every free layer's bits chosen under the byte budget `target_bits` implies."""
     import glob
     import math
@@ -120,7 +120,7 @@ def _allocated(model, layers, scheme, options, overrides, calibration, target_bi
 
     if not isinstance(target_bits, (int, float)) or not math.isfinite(target_bits) or target_bits <= 0:
         raise UserError(f"target_bits must be a positive number of bits per weight, e.g. 4, got {target_bits!r}")
-    if calibration is None:
+    if batches is None:
         raise UserError("target_bits chooses each layer's bits by its effect on the model's output: it needs calibration data "
                         "(--calibrate N, or calibration=... in Python)")
     choices = tuple(sorted(set(bits_choices or mixed.BITS)))
@@ -146,7 +146,7 @@ def _allocated(model, layers, scheme, options, overrides, calibration, target_bi
         free[name] = layers[name]
     total = sum(shadow_weight(layers[n]).numel() for n, o in per_layer.items() if not o.get("skip"))
     budget = target_bits * total / 8 - fixed_bytes
-    table = mixed.scan(model, free, per_layer, calibration_batches(calibration, next(model.parameters()).device), choices, progress)
+    table = mixed.scan(model, free, per_layer, batches, choices, progress)
     bits, _ = mixed.allocate(table, budget)
     return {**(overrides or {}), **{glob.escape(n): {"bits": b} for n, b in bits.items()}}
 

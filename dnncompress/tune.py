@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from .calibrate import join, run
+from .calibrate import batch_length, batch_rows, join, padding_mask, run
 from .errors import UserError
 from .quant import ScalarQuantizer
 from .surgery import compression_of, shadow_weight
@@ -36,26 +36,10 @@ BATCH = 32
 HOLDOUT_EVERY = 8
 
 
-def _length(batch) -> int:
-    if isinstance(batch, dict):
-        return next(iter(batch.values())).shape[0]
-    if isinstance(batch, tuple):
-        return batch[0].shape[0]
-    return batch.shape[0]
-
-
-def _rows(batch, start: int, stop: int):
-    if isinstance(batch, dict):
-        return {k: v[start:stop] for k, v in batch.items()}
-    if isinstance(batch, tuple):
-        return tuple(v[start:stop] for v in batch)
-    return batch[start:stop]
-
-
 def _trimmed(batch):
     """A tokenizer's batch cut after its last real token (right padding costs compute and teaches nothing)."""
-    mask = batch.get("attention_mask") if isinstance(batch, dict) else None
-    if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or not bool(mask.any()):
+    mask = padding_mask(batch)
+    if mask is None or not bool(mask.any()):
         return batch
     last = int(mask.any(0).nonzero().max()) + 1
     return {k: v[:, :last] if isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[:2] == mask.shape else v
@@ -67,8 +51,8 @@ def minibatches(batches: list, size: int = BATCH) -> list:
     joined = join(list(batches))
     if joined is None:
         return [_trimmed(b) for b in batches]
-    n = _length(joined)
-    return [_trimmed(_rows(joined, i, min(i + size, n))) for i in range(0, n, size)]
+    n = batch_length(joined)
+    return [_trimmed(batch_rows(joined, i, min(i + size, n))) for i in range(0, n, size)]
 
 
 def _floats(out) -> list[torch.Tensor]:

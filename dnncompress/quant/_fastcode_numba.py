@@ -175,8 +175,8 @@ def _apply_keep(out, keep, r):  # pragma: no cover - compiled
 
 
 @njit(cache=True, inline="always")
-def _fourval_sums(row, lo, hi, t, out):  # pragma: no cover - compiled
-    """(Σ|w| + Σ_{|w|>t}|w|, #{|w| > t}) over row[lo:hi] into out[0:2] (pruned weights are exact zeros: never big)."""
+def _fourval_sums(row, lo, hi, t):  # pragma: no cover - compiled
+    """(Σ|w| + Σ_{|w|>t}|w|, #{|w| > t}) over row[lo:hi] (pruned weights are exact zeros: never big)."""
     s = 0.0
     k = 0
     for j in range(lo, hi):
@@ -184,7 +184,7 @@ def _fourval_sums(row, lo, hi, t, out):  # pragma: no cover - compiled
         big = m > t
         s += np.float64(m) * (2.0 if big else 1.0)
         k += 1 if big else 0
-    out[0], out[1] = s, k
+    return s, k
 
 
 @njit(cache=True, inline="always")
@@ -216,7 +216,7 @@ def fourval_fake_quantize(values, keep, big_at, alpha, refit, q, levels, thresho
         if refit:
             part = np.zeros((nb, 2))
             for b in prange(nb):
-                _fourval_sums(row, b * BLOCK, min(length, (b + 1) * BLOCK), big_at[0], part[b])
+                part[b, 0], part[b, 1] = _fourval_sums(row, b * BLOCK, min(length, (b + 1) * BLOCK), big_at[0])
             s = 0.0
             k = 0.0
             for b in range(nb):
@@ -238,9 +238,8 @@ def fourval_fake_quantize(values, keep, big_at, alpha, refit, q, levels, thresho
         row = values[r]
         a = alpha[r]
         if refit:
-            sums = np.zeros(2)
-            _fourval_sums(row, 0, length, big_at[r], sums)
-            a = np.float32(sums[0] / max(_kept(keep, r, length) + 3 * sums[1], 1))
+            s, k = _fourval_sums(row, 0, length, big_at[r])
+            a = np.float32(s / max(_kept(keep, r, length) + 3 * k, 1))
         t2 = np.float32(1.5) * a
         two = a + a
         levels[r, 0], levels[r, 1], levels[r, 2], levels[r, 3] = -two, -a, a, two
@@ -286,9 +285,9 @@ def ternary_fake_quantize(values, keep, alpha, delta, twn, refit, iters, q, leve
 
 
 @njit(cache=True, inline="always")
-def _half_sums(row, keep, masked, lo, hi, tp, tn, out):  # pragma: no cover - compiled
+def _half_sums(row, keep, masked, lo, hi, tp, tn):  # pragma: no cover - compiled
     """Over row[lo:hi]'s kept weights: (Σ|w|, count) of those ≥ 0 with |w| > tp and of those < 0 with
-    |w| > tn (a negative t counts every one), into out[0:4]. One pass for both halves, no branches."""
+    |w| > tn (a negative t counts every one), as one 4-tuple. One pass for both halves, no branches."""
     sp = 0.0
     kp = 0
     sn = 0.0
@@ -304,12 +303,24 @@ def _half_sums(row, keep, masked, lo, hi, tp, tn, out):  # pragma: no cover - co
         kp += 1 if bigp else 0
         sn += np.float64(mag) if bign else 0.0
         kn += 1 if bign else 0
-    out[0], out[1], out[2], out[3] = sp, kp, sn, kn
+    return sp, kp, sn, kn
+
+
+@njit(cache=True, inline="always")
+def _block_order_sum(part):  # pragma: no cover - compiled
+    """The 4 columns of per-block partial sums added in block order (the same on any number of threads)."""
+    a = b = c = d = 0.0
+    for i in range(part.shape[0]):
+        a += part[i, 0]
+        b += part[i, 1]
+        c += part[i, 2]
+        d += part[i, 3]
+    return a, b, c, d
 
 
 @njit(cache=True, inline="always")
 def _asym_update(p, m_, total, big, quaternary):  # pragma: no cover - compiled
-    """One round of each half's α update from the sums _half_sums gave (total: every kept weight; big: those past the threshold)."""
+    """One round of each half's α update from _half_sums' 4-tuples (total: every kept weight; big: those past the threshold)."""
     if quaternary:
         p = np.float32((total[0] + big[0]) / max(total[1] + 3 * big[1], 1))
         m_ = np.float32((total[2] + big[2]) / max(total[3] + 3 * big[3], 1))
@@ -378,20 +389,14 @@ def asym_fake_quantize(values, keep, ap, an, quaternary, refit, iters, q, levels
         p = ap[0]
         m_ = an[0]
         if refit:
-            total = np.zeros(4)
-            big = np.zeros(4)
             for b in prange(nb):
-                _half_sums(row, krow, masked, b * BLOCK, min(length, (b + 1) * BLOCK), -1.0, -1.0, part[b])
-            for b in range(nb):
-                total += part[b]
+                part[b, 0], part[b, 1], part[b, 2], part[b, 3] = _half_sums(row, krow, masked, b * BLOCK, min(length, (b + 1) * BLOCK), -1.0, -1.0)
+            total = _block_order_sum(part)
             for _ in range(iters):
                 tp, tn = _asym_thresholds(p, m_, quaternary)
                 for b in prange(nb):
-                    _half_sums(row, krow, masked, b * BLOCK, min(length, (b + 1) * BLOCK), tp, tn, part[b])
-                big[:] = 0.0
-                for b in range(nb):
-                    big += part[b]
-                p, m_ = _asym_update(p, m_, total, big, quaternary)
+                    part[b, 0], part[b, 1], part[b, 2], part[b, 3] = _half_sums(row, krow, masked, b * BLOCK, min(length, (b + 1) * BLOCK), tp, tn)
+                p, m_ = _asym_update(p, m_, total, _block_order_sum(part), quaternary)
         _asym_table(levels, thresholds, 0, p, m_, quaternary)
         out = q[0]
         for b in prange(nb):
@@ -403,13 +408,10 @@ def asym_fake_quantize(values, keep, ap, an, quaternary, refit, iters, q, levels
         p = ap[r]
         m_ = an[r]
         if refit:
-            total = np.zeros(4)
-            big = np.zeros(4)
-            _half_sums(row, krow, masked, 0, length, -1.0, -1.0, total)
+            total = _half_sums(row, krow, masked, 0, length, -1.0, -1.0)
             for _ in range(iters):
                 tp, tn = _asym_thresholds(p, m_, quaternary)
-                _half_sums(row, krow, masked, 0, length, tp, tn, big)
-                p, m_ = _asym_update(p, m_, total, big, quaternary)
+                p, m_ = _asym_update(p, m_, total, _half_sums(row, krow, masked, 0, length, tp, tn), quaternary)
         _asym_table(levels, thresholds, r, p, m_, quaternary)
         _asym_out(row, krow, masked, 0, length, p, m_, quaternary, q[r])
 

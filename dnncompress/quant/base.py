@@ -276,7 +276,7 @@ class ScalarQuantizer(Quantizer):
 
     @torch.no_grad()
     def scale_rows(self, s: torch.Tensor) -> None:
-        """Multiply table row r's levels by s[r] > 0 (calibration's least-squares scales): a code keeps its
+        """Multiply table row r's levels by s[r] > 0 (the factors tuning after PTQ trains, tune.py): a code keeps its
         meaning, the thresholds scale along, and the table is rebuilt from the numbers the scheme stores so
         that decode(encode(·)) stays exact."""
         s = s.reshape(-1, 1).to(self.levels)

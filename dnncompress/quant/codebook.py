@@ -150,8 +150,9 @@ class Codebook(ScalarQuantizer):
         if self.training:
             self._last_codes = codes.detach()
             self._last_rows = (w.detach(), mask)
-        if isinstance(self.levels, nn.Parameter) and torch.is_grad_enabled() and w.device.type == "cpu" and codes.dim() >= 1:
-            return _TrainedLookup.apply(w, self.levels, codes, mask)  # one node: compiled gather, per-value gradient sums
+        if isinstance(self.levels, nn.Parameter) and torch.is_grad_enabled() and w.device.type == "cpu":
+            # one node: compiled gather, per-value gradient sums (measured on CPU only; a GPU keeps torch's gather)
+            return _TrainedLookup.apply(w, self.levels, codes, mask)
         q = self.decode(codes, w.shape).to(w.dtype)
         if mask is not None:
             q = q * as_bytes(mask)

@@ -141,7 +141,7 @@ def level_sums(codes: torch.Tensor, grad: torch.Tensor, levels: int) -> torch.Te
     there and the layer is large; torch's index_add otherwise)."""
     kernels = compiled(codes.numel(), grad.float(), least=QAT_COMPILED_FROM) if codes.dtype == torch.uint8 else None
     if kernels is None:
-        return torch.zeros(levels, dtype=grad.dtype).index_add_(0, codes.reshape(-1).long(), grad.reshape(-1))
+        return torch.zeros(levels, dtype=grad.dtype, device=grad.device).index_add_(0, codes.reshape(-1).long(), grad.reshape(-1))
     out = np.empty(levels, dtype=np.float32)
     kernels.level_sums(_np(codes.reshape(-1)), _np(grad.reshape(-1).float()), levels, out)
     return torch.from_numpy(out).to(grad.dtype)
