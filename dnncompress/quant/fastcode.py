@@ -129,9 +129,15 @@ def table_forward(rows: torch.Tensor, levels: torch.Tensor, thresholds: torch.Te
     kernels = compiled(rows.numel(), rows, levels, thresholds, least=QAT_COMPILED_FROM)
     if kernels is None or rows.dim() != 2 or levels.shape[0] not in (1, rows.shape[0]) or thresholds.shape != (levels.shape[0], levels.shape[1] - 1):
         return None
-    if levels.shape[0] == 1 and thresholds.shape[1] > 15:  # one wide table: count_below's grid and a gather beat a search (8 bits: 4 ms vs 8+)
-        return None
     q = torch.empty(rows.shape)
+    if levels.shape[0] == 1 and thresholds.shape[1] > 15:  # one wide table: the grid lookup beats a search (8 bits: 4 ms vs 8+)
+        lookup = _grid(thresholds[0])
+        if lookup is None:
+            return None
+        start, inv_width, _, below, inside = lookup
+        kernels.grid_fake_quantize(_np(rows), _keep(mask, rows.shape), start, inv_width, below[0].numpy(), inside[0].numpy(),
+                                   _np(levels[0]), q.numpy())
+        return q
     kernels.table_fake_quantize(_np(rows), _keep(mask, rows.shape), _np(levels), _np(thresholds), q.numpy())
     return q
 
@@ -179,16 +185,21 @@ def scatter_levels(levels: torch.Tensor, codes: torch.Tensor, keep: torch.Tensor
     return torch.from_numpy(out)
 
 
-_last_grid: list = [None, None]  # (thresholds, grid) of the last call: a QAT step asks again with the same table
+_GRIDS: dict = {}  # thresholds' bytes → grid, the most recent last: every QAT step asks again for each layer's table
+GRIDS_KEPT = 64
 
 
 def _grid(th: torch.Tensor):
-    """(start, 1/width, cells, below, inside) for one sorted row, or None where a grid does not pay."""
-    last, grid = _last_grid
-    if last is not None and last.shape == th.shape and last.dtype == th.dtype and torch.equal(last, th):
-        return grid
+    """(start, 1/width, cells, below, inside) for one sorted row, or None where a grid does not pay. Cached by the
+    thresholds' bytes for the last GRIDS_KEPT tables (one entry thrashed: a model's layers took turns rebuilding theirs)."""
+    key = (th.dtype, th.detach().cpu().contiguous().numpy().tobytes())
+    if key in _GRIDS:
+        _GRIDS[key] = _GRIDS.pop(key)
+        return _GRIDS[key]
     grid = _build_grid(th)
-    _last_grid[:] = [th.detach().clone(), grid]
+    _GRIDS[key] = grid
+    while len(_GRIDS) > GRIDS_KEPT:
+        del _GRIDS[next(iter(_GRIDS))]
     return grid
 
 
