@@ -124,3 +124,34 @@ def test_a_forged_structure_cannot_grow_the_model(tmp_path):
 
         with pytest.raises(UserError, match="structure|between|not a valid"):
             checkpoint_from_packed(_forge(tmp_path / "ok.dnc", edit, tmp_path / f"s{i}.dnc"))
+
+
+@pytest.mark.parametrize("where", ["spec", "codes", "tables"])
+def test_damaged_bytes_are_called_damaged_and_a_model_is_left_untouched(where, tmp_path):
+    """The digest is checked on a thread while the file is vetted: a flipped byte anywhere (in the deflated spec,
+    which then fails to parse first, or in the codes) is still reported as a SHA-256 mismatch, and
+    load_packed into a built model writes nothing into it."""
+    import torch
+
+    from dnncompress import load_packed, quantize
+    from dnncompress.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("lenet300")
+    quantize(model, scheme="codebook", bits=4)
+    path = tmp_path / "ok.dnc"
+    save_packed(model, path, arch="lenet300")
+    data = bytearray(path.read_bytes())
+    (hlen,) = struct.unpack("<Q", data[:8])
+    body = 8 + hlen
+    at = {"spec": len(data) - 5, "codes": body + (len(data) - body) // 2, "tables": body + 3}[where]
+    data[at] ^= 0x5A
+    bad = tmp_path / "bad.dnc"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(UserError, match="SHA-256 mismatch"):
+        checkpoint_from_packed(bad)
+    target = build_model("lenet300")
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(UserError, match="SHA-256 mismatch"):
+        load_packed(bad, model=target)
+    assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())

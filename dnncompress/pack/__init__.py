@@ -9,7 +9,7 @@ import torch.nn as nn
 from ..errors import UserError
 from ..quant import SCHEMES
 from ..surgery import weight_key
-from .container import FORMAT, NATURAL, VERSION, invalid_file, read_packed, restore, write_packed
+from .container import FORMAT, NATURAL, VERSION, invalid_file, read_packed, read_packed_deferred, restore, write_packed
 
 __all__ = ["FORMAT", "VERSION", "check_spec", "checkpoint_from_packed", "load_packed", "read_packed", "save_packed", "vet_packed", "write_packed"]
 
@@ -27,12 +27,24 @@ def vet_packed(path: str | os.PathLike, arch: str | None = None, trust: bool = F
     """(spec, blobs, expected state or None): the file parsed, its digest verified, its architecture
     vetted (no code from the file runs unless named or trusted) and every layer's shape and kind
     checked against that architecture, all before a single weight is decoded."""
-    return _vet(path, arch, trust, model)[:3]
+    spec, blobs, expected, _, digest = _vet(path, arch, trust, model)
+    digest.check()
+    return spec, blobs, expected
 
 
 def _vet(path, arch, trust, model):
-    """vet_packed, and the meta-device model it built to vet against (None when the caller gave one)."""
-    spec, blobs = read_packed(path)
+    """vet_packed, the meta-device model it built to vet against (None when the caller gave one) and the
+    file's digest, still being checked (the caller calls check() before decoding)."""
+    spec, blobs, digest = read_packed_deferred(path)
+    try:
+        return (spec, blobs, *_vet_spec(path, spec, arch, trust, model), digest)
+    except UserError:
+        digest.check()  # a damaged file is called damaged, whatever else it breaks
+        raise
+
+
+def _vet_spec(path, spec, arch, trust, model):
+    """(expected state or None, the meta-device model built for it or None) for a parsed spec."""
     built = None
     recorded = spec.get("arch")
     if recorded is not None and not isinstance(recorded, str):
@@ -57,7 +69,7 @@ def _vet(path, arch, trust, model):
         built = skeleton(spec["arch"], arch_kwargs, path, _spec_field(spec, "structure", dict, path, {}))
         expected = dict(built.state_dict())
     check_spec(spec, expected, path)
-    return spec, blobs, expected, built
+    return expected, built
 
 
 def check_spec(spec: dict, expected: dict | None, path) -> None:
@@ -145,9 +157,9 @@ def _checkpoint(path, arch, trust, model, in_place):
     from ..checkpoint import FORMAT as CK_FORMAT
     from ..checkpoint import VERSION as CK_VERSION
 
-    spec, blobs, expected, built = _vet(path, arch, trust, model)
+    spec, blobs, expected, built, digest = _vet(path, arch, trust, model)
     into = {k: t for k, t in expected.items() if not t.is_meta} if in_place and model is not None and expected else None
-    state, masks, quant = restore(spec, blobs, path, into)
+    state, masks, quant = restore(spec, blobs, path, into, digest)
     if expected is not None:
         from ..validate import check_masks, check_quant, check_state
 
@@ -156,7 +168,7 @@ def _checkpoint(path, arch, trust, model, in_place):
                 state[key] = t.to(expected[key].dtype)
         check_state(state, expected, spec["arch"] or "the model", path)
         check_masks(masks, expected, path)
-        check_quant(quant, expected, path)
+        check_quant(quant, expected, path, rebuild=False)  # restore built each quantizer from the file for this shape
     return {"format": CK_FORMAT, "version": CK_VERSION, "arch": spec["arch"], "arch_kwargs": spec.get("arch_kwargs") or {},
             "dataset": spec["dataset"], **({"structure": spec["structure"]} if spec.get("structure") else {}), "state_dict": state, "masks": masks, "quant": quant,
             "metrics": spec["metrics"], "history": [{"stage": "unpack", "config": {"source": str(path)}, "result": {}}]}, built

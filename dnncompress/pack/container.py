@@ -18,6 +18,7 @@ import json
 import math
 import os
 import struct
+import threading
 import zlib
 
 import numpy as np
@@ -27,7 +28,7 @@ from ..errors import UserError
 from ..fileio import require_file
 from ..surgery import tensor_identity, weight_key
 from . import bitpack, huffman
-from .layers import ITEMSIZE, NATURAL, Blobs, blob_to_tensor, decode_layer, encode_layer, tensor_to_blob
+from .layers import ITEMSIZE, NATURAL, Blobs, blob_to_tensor, decode_layer, encode_layer, layer_quantizer, tensor_to_blob
 from .spec_dict import SPEC_DICT
 
 FORMAT = "dnncompress-packed"
@@ -278,8 +279,37 @@ def _json_loads(text, p, what: str):
         raise invalid_file(p, f"{what} is not valid JSON") from None
 
 
+class Digest:
+    """A file's SHA-256 check, computed on a thread while the reader parses, vets and builds quantizers
+    (hashlib lets go of the GIL: VGG-16's 3.7 MB take 2 ms, about what that Python work takes). `check()`
+    waits for it and raises on a mismatch; readers call it before any weight is decoded, and before
+    reporting any other fault of the file, so a damaged file is still called damaged."""
+
+    def __init__(self, path, header: dict, data: bytes, b64: bool):
+        self.path, self.want = path, header["__metadata__"].get("sha256")
+        self.got: str | None = None
+        self._thread = threading.Thread(target=self._run, args=(header, data, b64), daemon=True)
+        self._thread.start()
+
+    def _run(self, header, data, b64):
+        self.got = _header_digest(header, [data], b64=b64)
+
+    def check(self) -> None:
+        self._thread.join()
+        if self.got != self.want:
+            raise invalid_file(self.path, "SHA-256 mismatch (corrupted or modified)")
+
+
 def read_packed(path: str | os.PathLike) -> tuple[dict, Blobs]:
     """Parse and verify a .dnc; returns (spec, blobs). Never allocates more than the file holds."""
+    spec, blobs, digest = read_packed_deferred(path)
+    digest.check()
+    return spec, blobs
+
+
+def read_packed_deferred(path: str | os.PathLike) -> tuple[dict, Blobs, Digest]:
+    """read_packed with the digest still being computed: (spec, blobs, digest); the caller calls digest.check()
+    before decoding anything, and before raising any other fault it finds."""
     p = require_file(path, "packed file")
     size = p.stat().st_size
     with open(p, "rb") as f:
@@ -317,12 +347,15 @@ def read_packed(path: str | os.PathLike) -> tuple[dict, Blobs]:
     spans = sorted((start, end) for _, _, start, end in descriptors.values())
     if any(a[1] != b[0] for a, b in zip(spans, spans[1:])) or (spans[0][0] if spans else 0) != 0 or (spans[-1][1] if spans else 0) != len(data):
         raise invalid_file(p, "tensor data overlaps, leaves gaps or has trailing bytes")
-    if _header_digest(header, [data], b64=version != "3") != meta.get("sha256"):
-        raise invalid_file(p, "SHA-256 mismatch (corrupted or modified)")
-    spec, arrays = (_read_v3 if version == "3" else _read_v4)(p, meta, descriptors, data)
-    if not isinstance(spec, dict) or not isinstance(spec.get("layers"), list) or not isinstance(spec.get("leftovers"), list):
-        raise invalid_file(p, "spec lacks layers")
-    return spec, Blobs(arrays)
+    digest = Digest(p, header, data, b64=version != "3")
+    try:
+        spec, arrays = (_read_v3 if version == "3" else _read_v4)(p, meta, descriptors, data)
+        if not isinstance(spec, dict) or not isinstance(spec.get("layers"), list) or not isinstance(spec.get("leftovers"), list):
+            raise invalid_file(p, "spec lacks layers")
+    except UserError:
+        digest.check()
+        raise
+    return spec, Blobs(arrays), digest
 
 
 def _read_v3(p, meta: dict, descriptors: dict, data: bytes) -> tuple[dict, dict]:
@@ -388,20 +421,31 @@ def _target(into: dict | None, key: str, shape, dtype: torch.dtype) -> torch.Ten
     return t
 
 
-def restore(spec: dict, blobs: Blobs, path="<packed>", into: dict[str, torch.Tensor] | None = None) -> tuple[dict, dict, dict]:
+def restore(spec: dict, blobs: Blobs, path="<packed>", into: dict[str, torch.Tensor] | None = None,
+            digest: Digest | None = None) -> tuple[dict, dict, dict]:
     """(state_dict with dequantized weights in their recorded dtypes, masks, quant states) from a
     verified spec; tied tensors come back as one tensor under each of their names. `into`: tensors
     (a model's own parameters and buffers, by state_dict key) to decode into in place, where shape and
-    dtype match; the state then holds those very tensors."""
+    dtype match; the state then holds those very tensors. `digest`: the file's pending check, made after
+    every layer's quantizer is built (Python work the hashing thread overlaps) and before the first decode."""
     state, masks, quant = {}, {}, {}
     try:
+        quantizers = {i: layer_quantizer(blobs, layer) for i, layer in enumerate(spec["layers"]) if layer["k"] == "q"}
+    except READ_FAULTS as e:
+        if digest is not None:
+            digest.check()  # a damaged file is called damaged, not malformed
+        raise _refused(path, e) from None
+    if digest is not None:
+        digest.check()
+    try:
         tied_layers = []
-        for layer in spec["layers"]:
+        for i, layer in enumerate(spec["layers"]):
             if layer["k"] == "t":
                 tied_layers.append(layer)
                 continue
             key, dtype = weight_key(layer["n"]), _dtype(layer.get("d"), torch.float32)
-            weight, mask, q = decode_layer(blobs, layer, _target(into, key, layer["s"], torch.float32) if dtype == torch.float32 else None)
+            weight, mask, q = decode_layer(blobs, layer, _target(into, key, layer["s"], torch.float32) if dtype == torch.float32 else None,
+                                           quantizers.get(i))
             name = layer["n"]
             state[key] = weight.to(dtype)
             if mask is not None:
@@ -436,8 +480,14 @@ def restore(spec: dict, blobs: Blobs, path="<packed>", into: dict[str, torch.Ten
                 quant[layer["n"]] = dict(quant[source])
         for key, shape, target in ties:
             link(key, shape, target)
-    except (ValueError, KeyError, TypeError, IndexError, OverflowError, MemoryError, AttributeError, RuntimeError, RecursionError) as e:
-        raise invalid_file(path, (str(e).splitlines() or [type(e).__name__])[0][:160]) from None
-    except UserError as e:  # a scheme refusing its options
-        raise invalid_file(path, str(e)[:160]) from None
+    except READ_FAULTS as e:
+        raise _refused(path, e) from None
     return state, masks, quant
+
+
+READ_FAULTS = (ValueError, KeyError, TypeError, IndexError, OverflowError, MemoryError, AttributeError, RuntimeError, RecursionError, UserError)
+
+
+def _refused(path, e: BaseException) -> UserError:
+    """The one-line error for a file whose spec or blobs break decoding (a scheme refusing its options included)."""
+    return invalid_file(path, (str(e).splitlines() or [type(e).__name__])[0][:160])

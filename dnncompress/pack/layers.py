@@ -206,24 +206,45 @@ def _takes_out(cls) -> bool:
     return "out" in inspect.signature(cls.decode_storage).parameters
 
 
-def decode_layer(blobs: Blobs, spec: dict, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, dict | None]:
+def decode_layer(blobs: Blobs, spec: dict, out: torch.Tensor | None = None, quantizer=None) -> tuple[torch.Tensor, torch.Tensor | None, dict | None]:
     """(dequantized fp32 weight, mask or None, quant state or None) for one layer spec; validates sizes first.
     With `out` (a contiguous float32 tensor of the layer's shape: a model's own parameter) the weight is
-    decoded into it and it is what comes back: no second copy of the model."""
-    weight, mask, q = _decode_layer(blobs, spec, out)
+    decoded into it and it is what comes back: no second copy of the model. `quantizer`: layer_quantizer's
+    result for this spec, when the caller built it already."""
+    weight, mask, q = _decode_layer(blobs, spec, out, quantizer)
     if out is not None and weight.data_ptr() != out.data_ptr():
         out.copy_(weight.reshape(out.shape))
         weight = out
     return weight, mask, q
 
 
-def _decode_layer(blobs: Blobs, spec: dict, out: torch.Tensor | None):
+def _shape(spec: dict) -> tuple[list[int], int]:
     shape = [int(d) for d in spec["s"]]
     if any(d < 0 for d in shape):
         raise ValueError("negative dimension")
     numel = math.prod(shape)
     if numel > MAX_ELEMENTS:
         raise ValueError(f"claims {numel:,} elements")
+    return shape, numel
+
+
+def layer_quantizer(blobs: Blobs, spec: dict):
+    """The quantizer a quantized layer spec describes, built from its tables (ValueError if they do not fit)."""
+    shape, _ = _shape(spec)
+    tables = {}
+    for key, entry in spec["t"].items():
+        kind, ref, tshape = entry
+        if kind not in ("fp32", "fp16"):
+            raise ValueError("bad table kind")
+        t = blob_to_tensor(blobs, kind, ref)
+        if t.numel() != math.prod(int(d) for d in tshape):
+            raise ValueError(f"table '{key}' size does not match its shape")
+        tables[key] = t.reshape([int(d) for d in tshape])
+    return quantizer_from_storage(spec["q"], tables, tuple(shape))
+
+
+def _decode_layer(blobs: Blobs, spec: dict, out: torch.Tensor | None, q=None):
+    shape, numel = _shape(spec)
     mask = positions = None
     if "x" in spec:
         x = spec["x"]
@@ -240,16 +261,7 @@ def _decode_layer(blobs: Blobs, spec: dict, out: torch.Tensor | None):
         flat[positions] = True
         mask = torch.from_numpy(flat.reshape(shape))
     if spec["k"] == "q":
-        tables = {}
-        for key, entry in spec["t"].items():
-            kind, ref, tshape = entry
-            if kind not in ("fp32", "fp16"):
-                raise ValueError("bad table kind")
-            t = blob_to_tensor(blobs, kind, ref)
-            if t.numel() != math.prod(int(d) for d in tshape):
-                raise ValueError(f"table '{key}' size does not match its shape")
-            tables[key] = t.reshape([int(d) for d in tshape])
-        q = quantizer_from_storage(spec["q"], tables, tuple(shape))
+        q = q if q is not None else layer_quantizer(blobs, spec)
         bits, units = int(spec["cb"]), int(spec["nc"])
         if not 1 <= bits <= 8 or not 0 <= units <= numel:
             raise ValueError("bad code stream header")
