@@ -303,14 +303,15 @@ def test_compiled_huffman_decode_equals_numpy_and_refuses_what_numpy_refuses(mon
     assert sum(both(*c)[0] is None for c in cases) >= 2  # the cut and the moved offset at least
 
 
+@pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("pruned", [False, True])
-def test_dynamic_codebook_lookup_gives_torch_gather_gradients(pruned):
+def test_dynamic_codebook_lookup_gives_torch_gather_gradients(pruned, bits):
     """The one-node forward of a trained table: the same values as gather, the weight's gradient straight
     through, and per value the summed gradient of the kept weights coded to it (gather's backward)."""
     g = torch.Generator().manual_seed(3)
     w = (torch.randn(300, 200, generator=g) * 0.05).requires_grad_()
     mask = (torch.rand(w.shape, generator=g) > 0.4) if pruned else None
-    qz = make_quantizer("codebook", bits=4, mode="dynamic", zero=False).fit(w.detach(), mask)
+    qz = make_quantizer("codebook", bits=bits, mode="dynamic", zero=False).fit(w.detach(), mask)
     qz.train()
     up = torch.randn(w.shape, generator=g)
     out = qz(w, mask)

@@ -84,18 +84,21 @@ def _grid_code(v, start, inv_width, below, inside):  # pragma: no cover - compil
 
 
 @njit(cache=True, parallel=True)
-def grid_fake_quantize(values, keep, start, inv_width, below, inside, levels, q):  # pragma: no cover - compiled
+def grid_fake_quantize(values, keep, start, inv_width, below, inside, levels, q, codes):  # pragma: no cover - compiled
     """table_fake_quantize for one wide shared table (more than 15 thresholds): q = levels[grid code] × keep
-    in one pass, in fixed blocks of the flat array."""
+    in one pass, in fixed blocks of the flat array (the codes into `codes` unless it is 0×0)."""
     flat, dst = values.reshape(-1), q.reshape(-1)
     kflat = keep.reshape(-1)
+    cflat = codes.reshape(-1)
     masked = keep.shape[0] > 0
     n = flat.size
     for b in prange((n + BLOCK - 1) // BLOCK):
         lo, hi = b * BLOCK, min(n, (b + 1) * BLOCK)
-        src, to = flat[lo:hi], dst[lo:hi]
+        src, to, cs = flat[lo:hi], dst[lo:hi], _codes_to(cflat, lo, hi)
         for i in range(src.size):
-            to[i] = levels[_grid_code(src[i], start, inv_width, below, inside)]
+            c = _grid_code(src[i], start, inv_width, below, inside)
+            cs[i] = c
+            to[i] = levels[c]
         if masked:
             _times_keep(to, kflat[lo:hi])
 
@@ -457,13 +460,14 @@ def asym_fake_quantize(values, keep, ap, an, quaternary, refit, iters, q, levels
 
 
 @njit(cache=True, inline="always")
-def _table_block(src, th, lv, t, top, dst):  # pragma: no cover - compiled
-    """dst[j] = lv[#{k < t : th[k] < src[j]}]. Up to 15 thresholds: a vectorized comparison pass each over
-    the block's codes; more: a binary search over th (padded with +inf to top − 1 entries) done step by step
-    across the whole block, so the loads are independent (one weight at a time mispredicts every step: 5× slower)."""
+def _table_block(src, th, lv, t, top, dst, codes):  # pragma: no cover - compiled
+    """dst[j] = lv[#{k < t : th[k] < src[j]}], the code itself into `codes` (uint8, the block's size). Up to 15
+    thresholds: a vectorized comparison pass each over the block's codes; more: a binary search over th (padded
+    with +inf to top − 1 entries) done step by step across the whole block, so the loads are independent (one
+    weight at a time mispredicts every step: 5× slower)."""
     m = src.size
     if t <= 15:
-        codes = np.zeros(m, dtype=np.uint8)
+        codes[:] = 0
         for k in range(t):
             x = th[k]
             for j in range(m):
@@ -479,13 +483,23 @@ def _table_block(src, th, lv, t, top, dst):  # pragma: no cover - compiled
         step >>= 1
     for j in range(m):
         dst[j] = lv[c[j]]
+        codes[j] = c[j]
+
+
+@njit(cache=True, inline="always")
+def _codes_to(codes, lo, hi):  # pragma: no cover - compiled
+    """Where a block's codes go: their slice of the flat `codes` when the caller wants them, else a scratch array."""
+    if codes.size > 0:
+        return codes[lo:hi]
+    return np.empty(hi - lo, dtype=np.uint8)
 
 
 @njit(cache=True, parallel=True)
-def table_fake_quantize(values, keep, levels, thresholds, q):  # pragma: no cover - compiled
-    """A static table's QAT forward in one pass: q[r, j] = levels[r or 0, code] with code the number of
+def table_fake_quantize(values, keep, levels, thresholds, q, codes):  # pragma: no cover - compiled
+    """A table's QAT forward in one pass: q[r, j] = levels[r or 0, code] with code the number of
     thresholds[r or 0] below values[r, j] (searchsorted's code), times keep (R×L uint8, or 0×0: every weight
-    kept). Where one table serves every row the flat array is cut into blocks, so that one long row still splits."""
+    kept); the codes into `codes` (R×L uint8, or 0×0: not wanted). Where one table serves every row the flat
+    array is cut into blocks, so that one long row still splits."""
     rows, length = values.shape
     t = thresholds.shape[1]
     top = 1
@@ -494,18 +508,19 @@ def table_fake_quantize(values, keep, levels, thresholds, q):  # pragma: no cove
     th = np.full((thresholds.shape[0], top - 1), np.inf, dtype=np.float32)
     th[:, :t] = thresholds
     masked = keep.shape[0] > 0
+    cflat = codes.reshape(-1)
     if th.shape[0] == 1:
         flat, dst = values.reshape(-1), q.reshape(-1)
         kflat = keep.reshape(-1)
         n = flat.size
         for b in prange((n + BLOCK - 1) // BLOCK):
             lo, hi = b * BLOCK, min(n, (b + 1) * BLOCK)
-            _table_block(flat[lo:hi], th[0], levels[0], t, top, dst[lo:hi])
+            _table_block(flat[lo:hi], th[0], levels[0], t, top, dst[lo:hi], _codes_to(cflat, lo, hi))
             if masked:
                 _times_keep(dst[lo:hi], kflat[lo:hi])
         return
     for r in prange(rows):
-        _table_block(values[r], th[r], levels[r], t, top, q[r])
+        _table_block(values[r], th[r], levels[r], t, top, q[r], _codes_to(cflat, r * length, (r + 1) * length))
         _apply_keep(q[r], keep, r)
 
 
@@ -526,3 +541,27 @@ def level_sums(codes, grad, levels, out):  # pragma: no cover - compiled
         for b in range(nb):
             s += part[b, c]
         out[c] = s
+
+
+@njit(cache=True, parallel=True)
+def unit_sums(codes, grad, k, out):  # pragma: no cover - compiled
+    """out[c, :] = Σ grad[i, :] over the units i with codes[i] = c (a product quantizer's centroid gradient,
+    grad N×d). Fixed blocks of units in parallel, float64 partial sums added in block order."""
+    n, d = grad.shape
+    step = max(1, BLOCK // max(d, 1))
+    nb = (n + step - 1) // step
+    part = np.zeros((nb, k, d))
+    for b in prange(nb):
+        acc = part[b]
+        c, g = codes[b * step : min(n, (b + 1) * step)], grad[b * step : min(n, (b + 1) * step)]
+        for i in range(c.size):
+            row = acc[c[i]]
+            gi = g[i]
+            for j in range(d):
+                row[j] += gi[j]
+    for c in range(k):
+        for j in range(d):
+            s = 0.0
+            for b in range(nb):
+                s += part[b, c, j]
+            out[c, j] = s

@@ -268,11 +268,13 @@ class ScalarQuantizer(Quantizer):
         return self
 
     def _store(self, levels: torch.Tensor, thresholds: torch.Tensor) -> None:
-        if isinstance(self.levels, nn.Parameter):
-            self.levels.data = levels.to(self.levels.dtype).contiguous()
+        # straight into the buffer dict: nn.Module.__setattr__ costs microseconds a call, and QAT stores every step
+        buffers = self._buffers
+        if "levels" in buffers:
+            buffers["levels"] = levels.float().contiguous()
         else:
-            self.levels = levels.float().contiguous()
-        self.thresholds = thresholds.float().contiguous()
+            self.levels.data = levels.to(self.levels.dtype).contiguous()
+        buffers["thresholds"] = thresholds.float().contiguous()
 
     @torch.no_grad()
     def scale_rows(self, s: torch.Tensor) -> None:

@@ -146,19 +146,29 @@ class Codebook(ScalarQuantizer):
             fast = self._static_forward(w, mask)
             if fast is not None:
                 return StraightThrough.apply(w, fast.to(w.dtype).reshape(w.shape))
-        codes = self.encode_bytes(w)
+        trained = isinstance(self.levels, nn.Parameter) and torch.is_grad_enabled() and w.device.type == "cpu"
+        fast = self._trained_forward(w, mask) if trained else None
+        codes = fast[1].reshape(w.shape) if fast is not None else self.encode_bytes(w)
         if self.training:
             self._last_codes = codes.detach()
             self._last_rows = (w.detach(), mask)
-        if isinstance(self.levels, nn.Parameter) and torch.is_grad_enabled() and w.device.type == "cpu":
-            # one node: compiled gather, per-value gradient sums (measured on CPU only; a GPU keeps torch's gather)
-            return _TrainedLookup.apply(w, self.levels, codes, mask)
+        if trained:
+            # one node: compiled codes and values in one pass, per-value gradient sums (measured on CPU only; a GPU keeps torch's gather)
+            return _TrainedLookup.apply(w, self.levels, codes, mask, fast[0].reshape(w.shape) if fast is not None else None)
         q = self.decode(codes, w.shape).to(w.dtype)
         if mask is not None:
             q = q * as_bytes(mask)
         if not isinstance(self.levels, nn.Parameter):  # static: no gradient to the values, one STE node
             return StraightThrough.apply(w, q)
         return q + (w - w.detach())
+
+    def _trained_forward(self, w, mask):
+        """(q, codes) of a trained table in one compiled pass while its values are still in order (as
+        encode_bytes codes them); None where they crossed or the pass cannot run."""
+        levels = self.levels.detach()
+        if bool((levels[:, 1:] < levels[:, :-1]).any()):
+            return None
+        return table_forward(w.detach().reshape(1, -1).float(), levels.float(), midpoints(levels).float(), mask, with_codes=True)
 
     def _static_forward(self, w, mask):
         """decode(encode(w)) × mask in one compiled pass, with the thresholds encode_bytes uses; None where
@@ -230,10 +240,11 @@ class _TrainedLookup(torch.autograd.Function):
     it, which is what gather + (w − w.detach()) gave, without their three full-size temporaries."""
 
     @staticmethod
-    def forward(ctx, w, levels, codes, mask):
-        q = gather_levels(levels.detach(), codes.reshape(levels.shape[0], -1)).reshape(w.shape)
-        if mask is not None:
-            q = q * as_bytes(mask)
+    def forward(ctx, w, levels, codes, mask, q=None):
+        if q is None:  # not computed along with the codes
+            q = gather_levels(levels.detach(), codes.reshape(levels.shape[0], -1)).reshape(w.shape)
+            if mask is not None:
+                q = q * as_bytes(mask)
         ctx.save_for_backward(codes, mask)
         ctx.table = tuple(levels.shape)
         return q.to(w.dtype)
@@ -243,7 +254,7 @@ class _TrainedLookup(torch.autograd.Function):
         codes, mask = ctx.saved_tensors
         g = grad if mask is None else grad * as_bytes(mask)
         sums = level_sums(codes, g, ctx.table[1]).reshape(ctx.table)
-        return grad, sums, None, None
+        return grad, sums, None, None, None
 
 
 @torch.no_grad()

@@ -123,23 +123,27 @@ def fused_forward(kernel: str, rows: torch.Tensor, mask: torch.Tensor | None, pe
     return q, levels, thresholds
 
 
-def table_forward(rows: torch.Tensor, levels: torch.Tensor, thresholds: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
-    """levels[r or 0, count_below(w)] × mask for R×n rows in one compiled pass (a static table's QAT forward:
-    no code bytes in between); None where the two-step path (codes, then a gather) must run."""
+def table_forward(rows: torch.Tensor, levels: torch.Tensor, thresholds: torch.Tensor, mask: torch.Tensor | None,
+                  with_codes: bool = False):
+    """levels[r or 0, count_below(w)] × mask for R×n rows in one compiled pass (a table's QAT forward: no code
+    bytes in between); with `with_codes`, (q, the uint8 codes). None where the two-step path (codes, then a
+    gather) must run."""
     kernels = compiled(rows.numel(), rows, levels, thresholds, least=QAT_COMPILED_FROM)
     if kernels is None or rows.dim() != 2 or levels.shape[0] not in (1, rows.shape[0]) or thresholds.shape != (levels.shape[0], levels.shape[1] - 1):
         return None
     q = torch.empty(rows.shape)
+    codes = torch.empty(rows.shape, dtype=torch.uint8) if with_codes else None
+    codes_np = codes.numpy() if with_codes else _NO_MASK
     if levels.shape[0] == 1 and thresholds.shape[1] > 15:  # one wide table: the grid lookup beats a search (8 bits: 4 ms vs 8+)
         lookup = _grid(thresholds[0])
         if lookup is None:
             return None
         start, inv_width, _, below, inside = lookup
         kernels.grid_fake_quantize(_np(rows), _keep(mask, rows.shape), start, inv_width, below[0].numpy(), inside[0].numpy(),
-                                   _np(levels[0]), q.numpy())
-        return q
-    kernels.table_fake_quantize(_np(rows), _keep(mask, rows.shape), _np(levels), _np(thresholds), q.numpy())
-    return q
+                                   _np(levels[0]), q.numpy(), codes_np)
+    else:
+        kernels.table_fake_quantize(_np(rows), _keep(mask, rows.shape), _np(levels), _np(thresholds), q.numpy(), codes_np)
+    return (q, codes) if with_codes else q
 
 
 def level_sums(codes: torch.Tensor, grad: torch.Tensor, levels: int) -> torch.Tensor:
@@ -151,6 +155,17 @@ def level_sums(codes: torch.Tensor, grad: torch.Tensor, levels: int) -> torch.Te
     out = np.empty(levels, dtype=np.float32)
     kernels.level_sums(_np(codes.reshape(-1)), _np(grad.reshape(-1).float()), levels, out)
     return torch.from_numpy(out).to(grad.dtype)
+
+
+def unit_sums(codes: torch.Tensor, grad: torch.Tensor, k: int) -> torch.Tensor:
+    """(k, d): per code, the sum of the rows of `grad` (N×d) whose unit holds it (compiled when numba is there
+    and the layer is large; torch's index_add otherwise)."""
+    kernels = compiled(grad.numel(), grad, least=QAT_COMPILED_FROM) if grad.dim() == 2 and codes.dim() == 1 else None
+    if kernels is None:
+        return torch.zeros(k, grad.shape[1], dtype=grad.dtype, device=grad.device).index_add_(0, codes.long(), grad)
+    out = np.empty((k, grad.shape[1]), dtype=np.float32)
+    kernels.unit_sums(_np(codes.long()), _np(grad), k, out)
+    return torch.from_numpy(out)
 
 
 def gather_levels(levels: torch.Tensor, codes: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

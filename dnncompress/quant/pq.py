@@ -28,6 +28,7 @@ import torch.nn as nn
 
 from ..errors import UserError
 from .base import SCHEMES, Lookup, Quantizer, Storage
+from .fastcode import unit_sums
 
 BLOCK = 1 << 16
 
@@ -102,6 +103,31 @@ class _Pick(torch.autograd.Function):
         if counts.numel():
             g = g / counts.clamp_min(1)
         return g, None, None, None
+
+
+class _WholeUnits(torch.autograd.Function):
+    """The common case as one node: every unit stored, none padded (the weight is its units, N×d, in order).
+    Forward: q = rounded[codes] × mask, shaped like w. Backward: w gets the gradient unchanged (STE), each
+    centroid the summed gradient of its units' kept entries (÷ counts for 'mean'). What _Pick, the mask
+    product, the reshape and q + (w − w.detach()) gave, without their four full-size passes and nodes."""
+
+    @staticmethod
+    def forward(ctx, w, centroids, rounded, codes, counts, mask):
+        q = rounded.index_select(0, codes).reshape(w.shape)
+        if mask is not None:
+            q = q * mask.view(torch.uint8)
+        ctx.save_for_backward(codes, counts, mask)
+        ctx.k = centroids.shape[0]
+        return q.to(w.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        codes, counts, mask = ctx.saved_tensors
+        g = grad if mask is None else grad * mask.view(torch.uint8)
+        sums = unit_sums(codes, g.reshape(codes.shape[0], -1).float(), ctx.k)
+        if counts.numel():
+            sums = sums / counts.clamp_min(1)
+        return grad, sums.to(grad.dtype), None, None, None, None
 
 
 @SCHEMES.register("pq")
@@ -208,6 +234,8 @@ class ProductQuantizer(Quantizer):
         x, valid, stored = self._units(w.detach().float(), mask)
         codes = self._codes(x, valid, stored, w.detach())
         counts = self._counts if self.training and self.options["grad"] == "mean" else torch.zeros(0)
+        if stored is None and x.shape[0] * x.shape[1] == w.numel() and (mask is None or mask.dtype == torch.bool):
+            return _WholeUnits.apply(w, self.centroids, self._rounded(), codes, counts, mask)
         picked = _Pick.apply(self.centroids, self._rounded(), codes, counts)  # value on the table grid, gradient to the centroids
         if stored is None:
             units = picked
