@@ -46,11 +46,14 @@ def to_bytes(codes, bits, out):  # pragma: no cover - compiled
         return
     full = n // 8
     for b in prange((full + GROUPS - 1) // GROUPS):
-        for g in range(b * GROUPS, min(full, (b + 1) * GROUPS)):
-            v = _group(codes, 8 * g, 8 * g + 8, bits)
-            base = g * bits
+        g0, g1 = b * GROUPS, min(full, (b + 1) * GROUPS)
+        src, dst = codes[8 * g0 : 8 * g1], out[bits * g0 : bits * g1]  # slices from 0: no wraparound test per access
+        for g in range(g1 - g0):
+            v = np.uint64(0)
+            for k in range(8):
+                v |= np.uint64(src[8 * g + k]) << np.uint64(bits * k)
             for j in range(bits):
-                out[base + j] = np.uint8((v >> np.uint64(8 * j)) & np.uint64(0xFF))
+                dst[g * bits + j] = np.uint8((v >> np.uint64(8 * j)) & np.uint64(0xFF))
     if n > 8 * full:  # the last, partial group: only the bytes its codes reach
         v = _group(codes, 8 * full, n, bits)
         base = full * bits
@@ -64,13 +67,14 @@ def from_bytes(data, bits, n, out):  # pragma: no cover - compiled
     full = n // 8
     mask = np.uint64((1 << bits) - 1)
     for b in prange((full + GROUPS - 1) // GROUPS):
-        for g in range(b * GROUPS, min(full, (b + 1) * GROUPS)):
-            base = g * bits
+        g0, g1 = b * GROUPS, min(full, (b + 1) * GROUPS)
+        src, dst = data[bits * g0 : bits * g1], out[8 * g0 : 8 * g1]  # slices from 0: no wraparound test per access
+        for g in range(g1 - g0):
             v = np.uint64(0)
             for j in range(bits):
-                v |= np.uint64(data[base + j]) << np.uint64(8 * j)
+                v |= np.uint64(src[g * bits + j]) << np.uint64(8 * j)
             for k in range(8):
-                out[8 * g + k] = np.uint8((v >> np.uint64(bits * k)) & mask)
+                dst[8 * g + k] = np.uint8((v >> np.uint64(bits * k)) & mask)
     if n > 8 * full:
         base = full * bits
         v = np.uint64(0)

@@ -285,6 +285,35 @@ def fourval_fake_quantize(values, keep, big_at, alpha, refit, q, levels, thresho
         _apply_keep(q[r], keep, r)
 
 
+@njit(cache=True, inline="always")
+def _abs_sum(row):  # pragma: no cover - compiled
+    s = 0.0
+    for j in range(row.size):
+        s += np.float64(abs(row[j]))
+    return s
+
+
+@njit(cache=True, inline="always")
+def _ternary_out(row, a, d, out):  # pragma: no cover - compiled
+    for j in range(row.size):
+        v = row[j]
+        out[j] = a if v > d else (-a if v <= -d else np.float32(0.0))
+
+
+@njit(cache=True, parallel=True)
+def _blocks_sum_above(row, t, nb):  # pragma: no cover - compiled
+    """_sum_above over one long row, in fixed blocks in parallel, added in block order."""
+    part = np.zeros((nb, 2))
+    for b in prange(nb):
+        part[b, 0], part[b, 1] = _sum_above(row[b * BLOCK : min(row.size, (b + 1) * BLOCK)], t)
+    s = 0.0
+    c = 0.0
+    for b in range(nb):
+        s += part[b, 0]
+        c += part[b, 1]
+    return s, np.int64(c)
+
+
 @njit(cache=True, parallel=True, fastmath={"reassoc"})
 def ternary_fake_quantize(values, keep, alpha, delta, twn, refit, iters, q, levels, thresholds):  # pragma: no cover - compiled
     """Ternary's QAT forward on R×L rows, one row per thread: with `refit`, first the step's update over
@@ -292,17 +321,47 @@ def ternary_fake_quantize(values, keep, alpha, delta, twn, refit, iters, q, leve
     |w| > α/2, Δ = α/2; pruned weights arrive as exact zeros), then q = +α where w > Δ, −α where w ≤ −Δ,
     else 0, times keep. Sums in float64, vectorized (reassociated, the same order on every run): within
     float32 rounding of torch's. The new table goes to levels (R×3: −α, 0, α) and thresholds (R×2: −Δ, Δ),
-    as ternary._table writes them."""
+    as ternary._table writes them. One long row (a table per layer): fixed blocks of it in parallel, each
+    block's sums added in block order, so the result does not depend on the number of threads."""
     rows, length = values.shape
+    if rows == 1 and length > BLOCK:
+        row = values[0]
+        nb = (length + BLOCK - 1) // BLOCK
+        a = alpha[0]
+        d = delta[0]
+        if refit:
+            if twn:
+                part = np.zeros(nb)
+                for b in prange(nb):
+                    part[b] = _abs_sum(row[b * BLOCK : min(length, (b + 1) * BLOCK)])
+                s = 0.0
+                for b in range(nb):
+                    s += part[b]
+                d = np.float32(np.float32(0.7) * np.float32(s) / np.float32(max(_kept(keep, 0, length), 1)))
+                s, c = _blocks_sum_above(row, d, nb)
+                a = np.float32(s / max(c, 1))
+            else:
+                for _ in range(iters):
+                    s, c = _blocks_sum_above(row, a / np.float32(2), nb)
+                    if c > 0:
+                        a = np.float32(s / c)
+                d = a / np.float32(2)
+        levels[0, 0], levels[0, 1], levels[0, 2] = -a, np.float32(0.0), a
+        thresholds[0, 0], thresholds[0, 1] = -d, d
+        out = q[0]
+        for b in prange(nb):
+            lo, hi = b * BLOCK, min(length, (b + 1) * BLOCK)
+            _ternary_out(row[lo:hi], a, d, out[lo:hi])
+            if keep.shape[0] > 0:
+                _times_keep(out[lo:hi], keep[0, lo:hi])
+        return
     for r in prange(rows):
         row = values[r]
         a = alpha[r]
         d = delta[r]
         if refit:
             if twn:
-                s = 0.0
-                for j in range(length):
-                    s += np.float64(abs(row[j]))
+                s = _abs_sum(row)
                 d = np.float32(np.float32(0.7) * np.float32(s) / np.float32(max(_kept(keep, r, length), 1)))
                 s, c = _sum_above(row, d)
                 a = np.float32(s / max(c, 1))
@@ -314,11 +373,8 @@ def ternary_fake_quantize(values, keep, alpha, delta, twn, refit, iters, q, leve
                 d = a / np.float32(2)
         levels[r, 0], levels[r, 1], levels[r, 2] = -a, np.float32(0.0), a
         thresholds[r, 0], thresholds[r, 1] = -d, d
-        out = q[r]
-        for j in range(length):
-            v = row[j]
-            out[j] = a if v > d else (-a if v <= -d else np.float32(0.0))
-        _apply_keep(out, keep, r)
+        _ternary_out(row, a, d, q[r])
+        _apply_keep(q[r], keep, r)
 
 
 @njit(cache=True, inline="always")
