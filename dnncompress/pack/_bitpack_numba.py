@@ -113,6 +113,7 @@ def huffman_blocks(data, offsets, n, block, maxlen, table_sym, table_len, limit,
         pos = offsets[b]
         start = b * block
         count = min(block, n - start)
+        dst = out[start : start + count]  # a slice from 0: no wraparound test per access
         ok = True
         for i in range(count):
             if pos > limit:
@@ -125,7 +126,7 @@ def huffman_blocks(data, offsets, n, block, maxlen, table_sym, table_len, limit,
             if sym < 0:
                 ok = False
                 break
-            out[start + i] = sym
+            dst[i] = sym
             pos += table_len[idx]
         if ok and ((b + 1 < blocks and pos != offsets[b + 1]) or (b + 1 == blocks and pos > limit)):
             ok = False

@@ -20,6 +20,7 @@ import os
 import struct
 import threading
 import zlib
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -241,19 +242,43 @@ def serialize(pieces: list[np.ndarray], metadata: dict[str, str]) -> tuple[bytes
     n = sum(piece.nbytes for piece in pieces)
     header: dict = {BLOB: {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}, "__metadata__": dict(metadata)}
     header["__metadata__"]["sha256"] = _header_digest(header, pieces)
-    text = canonical_json(header).encode()
-    text += b" " * (-len(text) % 8)
-    return struct.pack("<Q", len(text)) + text, pieces
+    return _head(header), pieces
 
 
 def write_packed(ckpt: dict, path: str | os.PathLike, entropy: str = "none", fp16: bool = False) -> dict:
+    """Write the file serialize() describes, hashing on a thread while the data section is written (both let go of
+    the GIL): the header's length does not depend on the digest (43 base64 characters), so the data goes at its
+    offset first and the header, digest included, last. Callers write to a temporary path (fileio.atomic_path)."""
     pieces, metadata, spec = build_packed(ckpt, entropy, fp16)
-    head, pieces = serialize(pieces, metadata)
-    with open(path, "wb") as f:
-        f.write(head)
-        for piece in pieces:
-            f.write(piece)
+    n = sum(piece.nbytes for piece in pieces)
+    header: dict = {BLOB: {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}, "__metadata__": dict(metadata)}
+    digest: list[str] = []
+    worker = threading.Thread(target=lambda: digest.append(_header_digest(header, pieces)), daemon=True)
+    worker.start()
+    try:
+        placeholder = _head({**header, "__metadata__": {**header["__metadata__"], "sha256": "A" * DIGEST_CHARS}})
+        with open(path, "wb") as f:
+            f.seek(len(placeholder))
+            for piece in pieces:
+                f.write(piece)
+            worker.join()
+            head = _head({**header, "__metadata__": {**header["__metadata__"], "sha256": digest[0]}})
+            assert len(head) == len(placeholder)
+            f.seek(0)
+            f.write(head)
+    finally:
+        worker.join()
     return packed_info(spec, os.path.getsize(path))
+
+
+DIGEST_CHARS = 43  # base64 of SHA-256's 32 bytes, padding stripped
+
+
+def _head(header: dict) -> bytes:
+    """8-byte length + the canonical header JSON, space-padded to 8 bytes."""
+    text = canonical_json(header).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text
 
 
 def packed_info(spec: dict, nbytes: int) -> dict:
@@ -426,68 +451,79 @@ def restore(spec: dict, blobs: Blobs, path="<packed>", into: dict[str, torch.Ten
     """(state_dict with dequantized weights in their recorded dtypes, masks, quant states) from a
     verified spec; tied tensors come back as one tensor under each of their names. `into`: tensors
     (a model's own parameters and buffers, by state_dict key) to decode into in place, where shape and
-    dtype match; the state then holds those very tensors. `digest`: the file's pending check, made after
-    every layer's quantizer is built (Python work the hashing thread overlaps) and before the first decode."""
-    state, masks, quant = {}, {}, {}
+    dtype match; the state then holds those very tensors. `digest`: the file's pending check (the hashing thread
+    overlaps this work): made before the first decode into a caller's tensor (after every layer's quantizer is
+    built), else at the end, and before any fault of the file is reported, so a damaged file is called damaged."""
     try:
         quantizers = {i: layer_quantizer(blobs, layer) for i, layer in enumerate(spec["layers"]) if layer["k"] == "q"}
     except READ_FAULTS as e:
-        if digest is not None:
-            digest.check()  # a damaged file is called damaged, not malformed
-        raise _refused(path, e) from None
+        _refuse(path, e, digest)
+    if digest is not None and into:  # the caller's own tensors are about to be written: only into a verified file's values
+        digest.check()
+        digest = None
+    try:
+        state, masks, quant = _decode_all(spec, blobs, into, quantizers)
+    except READ_FAULTS as e:
+        _refuse(path, e, digest)
     if digest is not None:
         digest.check()
-    try:
-        tied_layers = []
-        for i, layer in enumerate(spec["layers"]):
-            if layer["k"] == "t":
-                tied_layers.append(layer)
-                continue
-            key, dtype = weight_key(layer["n"]), _dtype(layer.get("d"), torch.float32)
-            weight, mask, q = decode_layer(blobs, layer, _target(into, key, layer["s"], torch.float32) if dtype == torch.float32 else None,
-                                           quantizers.get(i))
-            name = layer["n"]
-            state[key] = weight.to(dtype)
-            if mask is not None:
-                masks[name] = mask
-            if q is not None:
-                quant[name] = q
-        ties = []
-        for entry in spec["leftovers"]:
-            key, shape, kind, ref = entry[:4]
-            if kind == "tie":
-                ties.append((key, shape, ref))
-                continue
-            if kind not in NATURAL or len(entry) > 5:
-                raise ValueError(f"bad leftover kind {kind!r}")
-            t = blob_to_tensor(blobs, kind, ref)
-            if t.numel() != int(np.prod(shape)):
-                raise ValueError(f"leftover '{key}' size does not match its shape")
-            value = t.reshape(shape).to(_dtype(entry[4] if len(entry) == 5 else None, NATURAL[kind]))
-            own = _target(into, key, shape, value.dtype)
-            state[key] = own.copy_(value) if own is not None else value
-        def link(key, shape, target):  # a tied entry: the very tensor another key holds
-            if not isinstance(target, str) or target not in state or list(state[target].shape) != list(shape):
-                raise ValueError(f"'{key}' is tied to {str(target)[:60]!r}, which the file does not hold with that shape")
-            state[key] = state[target]
+    return state, masks, quant
 
-        for layer in tied_layers:  # the same tensor, mask and quantizer state as the layer it names
-            source = layer["tie"]
-            link(weight_key(layer["n"]), layer["s"], weight_key(source) if isinstance(source, str) else source)
-            if source in masks:
-                masks[layer["n"]] = masks[source]
-            if source in quant:
-                quant[layer["n"]] = dict(quant[source])
-        for key, shape, target in ties:
-            link(key, shape, target)
-    except READ_FAULTS as e:
-        raise _refused(path, e) from None
+
+def _decode_all(spec: dict, blobs: Blobs, into, quantizers: dict) -> tuple[dict, dict, dict]:
+    """restore's decoding, every layer's quantizer built already (`quantizers`, by layer index)."""
+    state, masks, quant = {}, {}, {}
+    tied_layers = []
+    for i, layer in enumerate(spec["layers"]):
+        if layer["k"] == "t":
+            tied_layers.append(layer)
+            continue
+        key, dtype = weight_key(layer["n"]), _dtype(layer.get("d"), torch.float32)
+        weight, mask, q = decode_layer(blobs, layer, _target(into, key, layer["s"], torch.float32) if dtype == torch.float32 else None,
+                                       quantizers.get(i))
+        name = layer["n"]
+        state[key] = weight.to(dtype)
+        if mask is not None:
+            masks[name] = mask
+        if q is not None:
+            quant[name] = q
+    ties = []
+    for entry in spec["leftovers"]:
+        key, shape, kind, ref = entry[:4]
+        if kind == "tie":
+            ties.append((key, shape, ref))
+            continue
+        if kind not in NATURAL or len(entry) > 5:
+            raise ValueError(f"bad leftover kind {kind!r}")
+        t = blob_to_tensor(blobs, kind, ref)
+        if t.numel() != int(np.prod(shape)):
+            raise ValueError(f"leftover '{key}' size does not match its shape")
+        value = t.reshape(shape).to(_dtype(entry[4] if len(entry) == 5 else None, NATURAL[kind]))
+        own = _target(into, key, shape, value.dtype)
+        state[key] = own.copy_(value) if own is not None else value
+    def link(key, shape, target):  # a tied entry: the very tensor another key holds
+        if not isinstance(target, str) or target not in state or list(state[target].shape) != list(shape):
+            raise ValueError(f"'{key}' is tied to {str(target)[:60]!r}, which the file does not hold with that shape")
+        state[key] = state[target]
+
+    for layer in tied_layers:  # the same tensor, mask and quantizer state as the layer it names
+        source = layer["tie"]
+        link(weight_key(layer["n"]), layer["s"], weight_key(source) if isinstance(source, str) else source)
+        if source in masks:
+            masks[layer["n"]] = masks[source]
+        if source in quant:
+            quant[layer["n"]] = dict(quant[source])
+    for key, shape, target in ties:
+        link(key, shape, target)
     return state, masks, quant
 
 
 READ_FAULTS = (ValueError, KeyError, TypeError, IndexError, OverflowError, MemoryError, AttributeError, RuntimeError, RecursionError, UserError)
 
 
-def _refused(path, e: BaseException) -> UserError:
-    """The one-line error for a file whose spec or blobs break decoding (a scheme refusing its options included)."""
-    return invalid_file(path, (str(e).splitlines() or [type(e).__name__])[0][:160])
+def _refuse(path, e: BaseException, digest: Digest | None) -> NoReturn:
+    """Raise the one-line error for a file whose spec or blobs break decoding (a scheme refusing its options
+    included), after the digest check when one is pending: a damaged file is called damaged, not malformed."""
+    if digest is not None:
+        digest.check()
+    raise invalid_file(path, (str(e).splitlines() or [type(e).__name__])[0][:160]) from None

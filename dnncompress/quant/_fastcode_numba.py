@@ -46,16 +46,24 @@ def count_passes(values, thresholds, out):  # pragma: no cover - compiled
     """The same count for a handful of thresholds per row (4-bit tables): one vectorized pass over the
     row per threshold, the row staying in cache."""
     rows, length = values.shape
-    t = thresholds.shape[1]
+    if thresholds.shape[0] == 1:  # one table: blocks of the flat array, so that one long row still splits
+        flat, codes = values.reshape(-1), out.reshape(-1)
+        n = flat.size
+        for b in prange((n + BLOCK - 1) // BLOCK):
+            _count_block(flat[b * BLOCK : min(n, (b + 1) * BLOCK)], thresholds[0], codes[b * BLOCK : min(n, (b + 1) * BLOCK)])
+        return
     for r in prange(rows):
-        row = thresholds[0] if thresholds.shape[0] == 1 else thresholds[r]
-        dst = out[r]
-        src = values[r]
-        dst[:] = 0
-        for k in range(t):
-            th = row[k]
-            for j in range(length):
-                dst[j] += np.uint8(th < src[j])
+        _count_block(values[r], thresholds[r], out[r])
+
+
+@njit(cache=True, inline="always")
+def _count_block(src, th, dst):  # pragma: no cover - compiled
+    """dst[j] = #{k : th[k] < src[j]}, one vectorized comparison pass per threshold."""
+    dst[:] = 0
+    for k in range(th.size):
+        x = th[k]
+        for j in range(src.size):
+            dst[j] += np.uint8(x < src[j])
 
 
 @njit(cache=True, parallel=True)
@@ -107,13 +115,22 @@ def grid_fake_quantize(values, keep, start, inv_width, below, inside, levels, q,
 def fourval_codes(values, big_at, out):  # pragma: no cover - compiled
     """FourValue.encode's rule on R×L rows: 2·(w > 0) + (big == (w > 0)), big = |w| > big_at[r or 0]."""
     rows, length = values.shape
-    shared = big_at.size == 1
+    if big_at.size == 1:  # one table: blocks of the flat array, so that one long row still splits
+        flat, codes = values.reshape(-1), out.reshape(-1)
+        n = flat.size
+        for b in prange((n + BLOCK - 1) // BLOCK):
+            _fourval_block(flat[b * BLOCK : min(n, (b + 1) * BLOCK)], big_at[0], codes[b * BLOCK : min(n, (b + 1) * BLOCK)])
+        return
     for r in prange(rows):
-        t = big_at[0] if shared else big_at[r]
-        for j in range(length):
-            v = values[r, j]
-            pos = v > 0
-            out[r, j] = (2 if pos else 0) + (1 if (abs(v) > t) == pos else 0)
+        _fourval_block(values[r], big_at[r], out[r])
+
+
+@njit(cache=True, inline="always")
+def _fourval_block(src, t, dst):  # pragma: no cover - compiled
+    for j in range(src.size):
+        v = src[j]
+        pos = v > 0
+        dst[j] = (2 if pos else 0) + (1 if (abs(v) > t) == pos else 0)
 
 
 @njit(cache=True, parallel=True)
