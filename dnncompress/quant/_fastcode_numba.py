@@ -78,35 +78,57 @@ def count_by_grid(values, start, inv_width, below, inside, out):  # pragma: no c
 
 
 @njit(cache=True, inline="always")
+def _grid_cell(v, start, inv_width, last):  # pragma: no cover - compiled
+    """The grid cell of one value (count_by_grid's lookup, see fastcode.py); below the grid, or NaN: cell 0."""
+    x = np.floor((np.float64(v) - start) * inv_width)
+    if not x >= 0.0:
+        return 0
+    if x >= last:
+        return last
+    return np.int64(x)
+
+
+@njit(cache=True, inline="always")
 def _grid_code(v, start, inv_width, below, inside):  # pragma: no cover - compiled
     """count_by_grid's code of one value: its cell, then one comparison."""
-    last = below.size - 1
-    x = np.floor((np.float64(v) - start) * inv_width)
-    if not x >= 0.0:  # below the grid, or NaN
-        cell = 0
-    elif x >= last:
-        cell = last
-    else:
-        cell = np.int64(x)
+    cell = _grid_cell(v, start, inv_width, below.size - 1)
     return below[cell] + (1 if v > inside[cell] else 0)
 
 
 @njit(cache=True, parallel=True)
 def grid_fake_quantize(values, keep, start, inv_width, below, inside, levels, q, codes):  # pragma: no cover - compiled
     """table_fake_quantize for one wide shared table (more than 15 thresholds): q = levels[grid code] × keep
-    in one pass, in fixed blocks of the flat array (the codes into `codes` unless it is 0×0)."""
+    in one pass, in fixed blocks of the flat array (the codes into `codes` unless it is 0×0). Each cell's two
+    possible values sit side by side (pair[2·cell + above]), so the value is one load beside the comparison
+    rather than a second load that waits for the code (measured 444 → 365 µs on 400k weights here)."""
     flat, dst = values.reshape(-1), q.reshape(-1)
     kflat = keep.reshape(-1)
     cflat = codes.reshape(-1)
     masked = keep.shape[0] > 0
+    want = codes.size > 0
+    last = below.size - 1
+    top = levels.size - 1
+    pair = np.empty(2 * below.size, dtype=np.float32)
+    for c in range(below.size):
+        pair[2 * c] = levels[min(np.int64(below[c]), top)]
+        pair[2 * c + 1] = levels[min(np.int64(below[c]) + 1, top)]
     n = flat.size
     for b in prange((n + BLOCK - 1) // BLOCK):
         lo, hi = b * BLOCK, min(n, (b + 1) * BLOCK)
-        src, to, cs = flat[lo:hi], dst[lo:hi], _codes_to(cflat, lo, hi)
-        for i in range(src.size):
-            c = _grid_code(src[i], start, inv_width, below, inside)
-            cs[i] = c
-            to[i] = levels[c]
+        src, to = flat[lo:hi], dst[lo:hi]
+        if want:
+            cs = cflat[lo:hi]
+            for i in range(src.size):
+                v = src[i]
+                cell = _grid_cell(v, start, inv_width, last)
+                up = 1 if v > inside[cell] else 0
+                cs[i] = below[cell] + up
+                to[i] = pair[2 * cell + up]
+        else:
+            for i in range(src.size):
+                v = src[i]
+                cell = _grid_cell(v, start, inv_width, last)
+                to[i] = pair[2 * cell + (1 if v > inside[cell] else 0)]
         if masked:
             _times_keep(to, kflat[lo:hi])
 

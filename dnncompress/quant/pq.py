@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserError
+from . import fastcode
 from .base import SCHEMES, Lookup, Quantizer, Storage
 from .fastcode import unit_sums
 
@@ -234,7 +235,7 @@ class ProductQuantizer(Quantizer):
         x, valid, stored = self._units(w.detach().float(), mask)
         codes = self._codes(x, valid, stored, w.detach())
         counts = self._counts if self.training and self.options["grad"] == "mean" else torch.zeros(0)
-        if stored is None and x.shape[0] * x.shape[1] == w.numel() and (mask is None or mask.dtype == torch.bool):
+        if fastcode.USE_COMPILED and stored is None and x.shape[0] * x.shape[1] == w.numel() and (mask is None or mask.dtype == torch.bool):
             return _WholeUnits.apply(w, self.centroids, self._rounded(), codes, counts, mask)
         picked = _Pick.apply(self.centroids, self._rounded(), codes, counts)  # value on the table grid, gradient to the centroids
         if stored is None:
