@@ -324,3 +324,64 @@ def test_dynamic_codebook_lookup_gives_torch_gather_gradients(pruned, bits):
     (ref * up).sum().backward()
     assert torch.equal(w.grad, up)
     assert torch.allclose(qz.levels.grad, levels.grad, rtol=1e-5, atol=1e-5)
+
+
+@needs_numba
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("n", [100_003, 65_536 * 4 + 3, 4_096])
+def test_decoding_still_packed_codes_equals_unpack_then_gather(bits, n):
+    """gather_packed reads the codes straight from bitpack's bytes: the same floats as unpacking them and
+    gathering, for the widths it takes (2, 4, 8 bits: whole codes per byte; the others say no), lengths that
+    end inside a byte; a code beyond the table is refused."""
+    import numpy as np
+
+    from dnncompress.pack import bitpack
+    from dnncompress.quant import fastcode
+
+    g = torch.Generator().manual_seed(bits * 100 + n % 97)
+    width = 1 << bits
+    codes = torch.randint(0, width, (n,), generator=g, dtype=torch.uint8).numpy()
+    data = bitpack.pack(codes, bits).view(np.uint8)
+    levels = torch.randn(1, width, generator=g)
+    out = torch.full((n,), float("nan"))
+    taken = fastcode.gather_packed(levels, data, bits, n, out)
+    assert taken == (bits in (2, 4, 8))
+    if not taken:
+        return
+    assert torch.equal(out, levels[0][torch.from_numpy(codes).long()])
+    assert not fastcode.gather_packed(torch.randn(2, width), data, bits, n, torch.empty(n))  # a table per row: not this path
+    if bits > 1:
+        short = torch.randn(1, width - 1, generator=g)  # the last code has no value
+        codes[n // 2] = width - 1
+        with pytest.raises(ValueError, match="out of range"):
+            fastcode.gather_packed(short, bitpack.pack(codes, bits).view(np.uint8), bits, n, torch.empty(n))
+        codes[:] = 0
+        codes[-1] = width - 1  # in the last, partial byte
+        if n % (8 // bits):
+            with pytest.raises(ValueError, match="out of range"):
+                fastcode.gather_packed(short, bitpack.pack(codes, bits).view(np.uint8), bits, n, torch.empty(n))
+
+
+@needs_numba
+@pytest.mark.parametrize("scheme, bits, options", [s for s in SCHEMES if s[0] != "pq"]
+                         + [("codebook", 5, {"group_size": 64}), ("fourval", 2, {"per_channel": True}), ("ternary", 2, {"per_channel": True})], ids=str)
+def test_packed_file_decodes_still_packed_codes_bit_for_bit(scheme, bits, options, tmp_path, monkeypatch):
+    """A layer read from a .dnc through the still-packed path equals the path that unpacks the codes first, into
+    new tensors and into a model's own, and the quantized model's forward."""
+    from dnncompress.pack import checkpoint_from_packed, save_packed
+    from dnncompress.quant.base import Quantizer
+    from dnncompress.quantize_model import quantize
+
+    torch.manual_seed(bits)
+    model = torch.nn.Sequential(torch.nn.Linear(301, 67), torch.nn.ReLU(), torch.nn.Linear(67, 10))
+    quantize(model, scheme=scheme, bits=bits, **options)
+    path = tmp_path / "m.dnc"
+    save_packed(model, path)
+    fast = checkpoint_from_packed(path)["state_dict"]
+    with monkeypatch.context() as m:
+        m.setattr(Quantizer, "decode_packed", lambda self, *a, **k: None)
+        m.setattr(ScalarQuantizer, "decode_packed", lambda self, *a, **k: None)
+        slow = checkpoint_from_packed(path)["state_dict"]
+    assert fast.keys() == slow.keys() and all(torch.equal(fast[k], slow[k]) for k in fast)
+    model.eval()
+    assert torch.equal(fast["0.weight"], model[0].weight.detach())

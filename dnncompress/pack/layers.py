@@ -265,6 +265,14 @@ def _decode_layer(blobs: Blobs, spec: dict, out: torch.Tensor | None, q=None):
         bits, units = int(spec["cb"]), int(spec["nc"])
         if not 1 <= bits <= 8 or not 0 <= units <= numel:
             raise ValueError("bad code stream header")
+        if mask is None and "w" in spec["c"] and units == numel:  # plain bit-packed codes: the scheme may decode them as they are
+            words = blobs.get("codes", spec["c"]["w"])
+            if words.size != bitpack.words_needed(units, bits):
+                raise ValueError("code word count does not match the layer size")
+            decode_packed = getattr(q, "decode_packed", None)  # a plugin scheme may predate it
+            dense = decode_packed(np.ascontiguousarray(words, dtype="<u4").view(np.uint8), bits, tuple(shape), out) if decode_packed else None
+            if dense is not None:
+                return dense, None, q.export_state()
         codes = torch.from_numpy(_symbols_back(blobs, spec["c"], bits, units).astype(np.uint8, copy=False))
         extra = {"out": out} if out is not None and _takes_out(type(q)) else {}  # a plugin scheme may predate `out`
         return q.decode_storage(codes, tuple(shape), mask, **extra), mask, q.export_state()

@@ -660,3 +660,50 @@ def unit_sums(codes, grad, k, out):  # pragma: no cover - compiled
             for b in range(nb):
                 s += part[b, c, j]
             out[c, j] = s
+
+
+@njit(cache=True, inline="always")
+def _packed_block(src, table, per_log, bits, low, dst):  # pragma: no cover - compiled
+    """dst[i] = table[code i], code i at bits·(i mod per) of byte src[i / per] (per = 2**per_log codes a byte;
+    constants at every call site, so the shifts are fixed and the loop runs from 0)."""
+    for i in range(dst.size):
+        dst[i] = table[(np.int64(src[i >> per_log]) >> ((i & ((1 << per_log) - 1)) * bits)) & low]
+
+
+@njit(cache=True, parallel=True)
+def gather_packed(levels, data, bits, n, out):  # pragma: no cover - compiled
+    """out (flat) = levels[0, code i] for the n codes still bit-packed in `data` (bitpack's layout), one shared
+    table and 2, 4 or 8 bits (whole codes per byte, code k of a byte at bits·k): the codes are never written out
+    as bytes. The table is padded to 2**bits entries with zeros; codes beyond the real table are counted from the
+    bytes afterwards (a byte-indexed count, only when the table is short). Returns that count."""
+    width = levels.shape[1]
+    table = np.zeros(1 << bits, dtype=np.float32)
+    table[: min(width, 1 << bits)] = levels[0, : min(width, 1 << bits)]
+    flat = out.reshape(-1)
+    step = 1 << 15
+    for b in prange((n + step - 1) // step):
+        lo, hi = b * step, min(n, (b + 1) * step)
+        dst = flat[lo:hi]
+        if bits == 2:
+            _packed_block(data[lo >> 2 : (hi + 3) >> 2], table, 2, 2, 3, dst)
+        elif bits == 4:
+            _packed_block(data[lo >> 1 : (hi + 1) >> 1], table, 1, 4, 15, dst)
+        else:
+            _packed_block(data[lo:hi], table, 0, 8, 255, dst)
+    if width >= 1 << bits:
+        return 0
+    per = 8 // bits
+    low = (1 << bits) - 1
+    bad_in = np.zeros(256, dtype=np.int64)
+    for v in range(256):
+        for k in range(per):
+            bad_in[v] += 1 if ((v >> (bits * k)) & low) >= width else 0
+    full = n // per
+    bad = 0
+    for b in prange((full + step - 1) // step):
+        src = data[b * step : min(full, (b + 1) * step)]
+        for i in range(src.size):
+            bad += bad_in[src[i]]
+    for k in range(n - per * full):  # the last, partial byte: only the codes the layer has (the rest are zero padding)
+        bad += 1 if ((np.int64(data[full]) >> (bits * k)) & low) >= width else 0
+    return bad

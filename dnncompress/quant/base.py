@@ -34,7 +34,7 @@ import torch.nn as nn
 
 from ..errors import UserError
 from ..registry import Registry
-from .fastcode import as_bytes, count_below, gather_levels, scatter_levels
+from .fastcode import as_bytes, count_below, gather_levels, gather_packed, scatter_levels
 from .rotation import rotate, unrotate
 
 
@@ -191,6 +191,12 @@ class Quantizer(nn.Module):
         """The dense fp32 weight (zeros where masked) from the stored codes; ValueError on a bad count or code.
         A scheme may write it into `out` (contiguous float32 of `shape`) and return it, saving a copy."""
         raise NotImplementedError
+
+    def decode_packed(self, data, bits: int, shape: tuple, out: torch.Tensor | None = None) -> torch.Tensor | None:
+        """decode_storage for an unpruned layer whose codes are still bit-packed (`data`: bitpack's bytes, uint8),
+        equal to it bit for bit; None where the scheme has no such path (the caller unpacks and calls
+        decode_storage). Saves writing the codes out as bytes and reading them back. ValueError on a bad code."""
+        return None
 
     def lookup(self, w: torch.Tensor, mask: torch.Tensor | None = None) -> Lookup | None:
         """The weight as a table gather (see Lookup); None where the scheme cannot be written as one."""
@@ -407,6 +413,20 @@ class ScalarQuantizer(Quantizer):
                 values = levels[torch.repeat_interleave(torch.arange(r0, r1), counts), c]
             out[r0:r1][block] = values
         return self.from_frame(out.reshape(shape))
+
+    def decode_packed(self, data, bits, shape, out=None):
+        if self.rotate or bits != self.bits:
+            return None
+        levels = self.levels.detach().float()
+        rows = levels.shape[0]
+        numel = int(torch.Size(shape).numel())
+        if not numel or numel % rows:
+            return None
+        if out is None or not (out.is_contiguous() and out.dtype == torch.float32 and out.device.type == "cpu" and out.numel() == numel):
+            out = torch.empty(tuple(shape), dtype=torch.float32)
+        if not gather_packed(levels, data, bits, numel, out):
+            return None
+        return out.view(tuple(shape))
 
     @torch.no_grad()
     def lookup(self, w, mask=None):

@@ -185,6 +185,18 @@ def gather_levels(levels: torch.Tensor, codes: torch.Tensor, out: torch.Tensor |
     return out
 
 
+def gather_packed(levels: torch.Tensor, data: np.ndarray, bits: int, n: int, out: torch.Tensor) -> bool:
+    """levels[0, code] for n codes still bit-packed (`data`: bitpack's bytes) into `out` (n float32, contiguous),
+    compiled, for one shared table and 2, 4 or 8 bits; False where that path does not apply (a table per row,
+    other widths, no numba: the caller unpacks the codes first). ValueError on a code beyond the table."""
+    kernels = compiled(n, levels)
+    if kernels is None or bits not in (2, 4, 8) or levels.dim() != 2 or levels.shape[0] != 1 or out.numel() != n:
+        return False
+    if kernels.gather_packed(_np(levels), data, bits, n, out.numpy()):
+        raise ValueError("code out of range")
+    return True
+
+
 def scatter_levels(levels: torch.Tensor, codes: torch.Tensor, keep: torch.Tensor) -> torch.Tensor | None:
     """A pruned layer's R×n weights: the kept positions (keep, R×n) take levels[r or 0, code] in order,
     the rest 0; compiled, or None where the caller's torch path must run. ValueError on a bad code or count."""
