@@ -8,6 +8,8 @@ A scheme is a codec for one layer's weight:
   quantizer_from_storage(meta, tables)     rebuild the quantizer from the packed form, then
       .decode_storage(codes, shape, mask)  the dense weight, equal bit for bit to forward() (`out=`: a
                                            float32 tensor of that shape it may write into);
+      .decode_packed(data, bits, shape)    optional: the same from the codes still bit-packed (an unpruned
+                                           layer), or None where the scheme has no such path;
   lookup(w) → Lookup | None                the weight as one table gather (what ONNX can express), or
                                            None where the scheme is not one (a rotated frame).
 pack/ only knows "a stream of b-bit codes, maybe entropy-coded, positions maybe sparse" and
