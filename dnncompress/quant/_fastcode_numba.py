@@ -439,20 +439,51 @@ def _half_sums(row, keep, masked, tp, tn):  # pragma: no cover - compiled
 
 
 @njit(cache=True, inline="always")
+def _half_sums_total(row, keep, masked, tp, tn):  # pragma: no cover - compiled
+    """_half_sums at (tp, tn) and over every kept weight, in one pass: (big 4-tuple, total 4-tuple) as 8 numbers."""
+    sp = 0.0
+    kp = 0
+    sn = 0.0
+    kn = 0
+    tsp = 0.0
+    tkp = 0
+    tsn = 0.0
+    tkn = 0
+    for j in range(row.size):
+        v = row[j]
+        mag = abs(v)
+        ok = (not masked) or keep[j] != 0
+        pos = v >= 0
+        okp = ok and pos
+        okn = ok and not pos
+        bigp = okp and mag > tp
+        bign = okn and mag > tn
+        sp += np.float64(mag) if bigp else 0.0
+        kp += 1 if bigp else 0
+        sn += np.float64(mag) if bign else 0.0
+        kn += 1 if bign else 0
+        tsp += np.float64(mag) if okp else 0.0
+        tkp += 1 if okp else 0
+        tsn += np.float64(mag) if okn else 0.0
+        tkn += 1 if okn else 0
+    return sp, kp, sn, kn, tsp, tkp, tsn, tkn
+
+
+@njit(cache=True, inline="always")
 def _part(keep, masked, b, length):  # pragma: no cover - compiled
     """Block b of a flat keep row (the empty row itself when nothing is masked)."""
     return keep[b * BLOCK : min(length, (b + 1) * BLOCK)] if masked else keep
 
 
 @njit(cache=True, inline="always")
-def _block_order_sum(part):  # pragma: no cover - compiled
-    """The 4 columns of per-block partial sums added in block order (the same on any number of threads)."""
+def _block_order_sum(part, first=0):  # pragma: no cover - compiled
+    """4 columns (from `first`) of per-block partial sums added in block order (the same on any number of threads)."""
     a = b = c = d = 0.0
     for i in range(part.shape[0]):
-        a += part[i, 0]
-        b += part[i, 1]
-        c += part[i, 2]
-        d += part[i, 3]
+        a += part[i, first]
+        b += part[i, first + 1]
+        c += part[i, first + 2]
+        d += part[i, first + 3]
     return a, b, c, d
 
 
@@ -522,17 +553,22 @@ def asym_fake_quantize(values, keep, ap, an, quaternary, refit, iters, q, levels
         row = values[0]
         krow = keep[0] if masked else keep.reshape(-1)
         nb = (length + BLOCK - 1) // BLOCK
-        part = np.zeros((nb, 4))
+        part = np.zeros((nb, 8))
         p = ap[0]
         m_ = an[0]
+        total = (0.0, 0.0, 0.0, 0.0)  # the totals only quaternary's update uses: summed in its first pass
         if refit:
-            for b in prange(nb):
-                part[b, 0], part[b, 1], part[b, 2], part[b, 3] = _half_sums(row[b * BLOCK : min(length, (b + 1) * BLOCK)], _part(krow, masked, b, length), masked, -1.0, -1.0)
-            total = _block_order_sum(part)
-            for _ in range(iters):
+            for it in range(iters):
                 tp, tn = _asym_thresholds(p, m_, quaternary)
-                for b in prange(nb):
-                    part[b, 0], part[b, 1], part[b, 2], part[b, 3] = _half_sums(row[b * BLOCK : min(length, (b + 1) * BLOCK)], _part(krow, masked, b, length), masked, tp, tn)
+                if it == 0 and quaternary:
+                    for b in prange(nb):
+                        (part[b, 0], part[b, 1], part[b, 2], part[b, 3],
+                         part[b, 4], part[b, 5], part[b, 6], part[b, 7]) = _half_sums_total(
+                            row[b * BLOCK : min(length, (b + 1) * BLOCK)], _part(krow, masked, b, length), masked, tp, tn)
+                    total = _block_order_sum(part, 4)
+                else:
+                    for b in prange(nb):
+                        part[b, 0], part[b, 1], part[b, 2], part[b, 3] = _half_sums(row[b * BLOCK : min(length, (b + 1) * BLOCK)], _part(krow, masked, b, length), masked, tp, tn)
                 p, m_ = _asym_update(p, m_, total, _block_order_sum(part), quaternary)
         _asym_table(levels, thresholds, 0, p, m_, quaternary)
         out = q[0]
@@ -546,10 +582,16 @@ def asym_fake_quantize(values, keep, ap, an, quaternary, refit, iters, q, levels
         p = ap[r]
         m_ = an[r]
         if refit:
-            total = _half_sums(row, krow, masked, -1.0, -1.0)
-            for _ in range(iters):
+            total = (0.0, 0.0, 0.0, 0.0)
+            for it in range(iters):
                 tp, tn = _asym_thresholds(p, m_, quaternary)
-                p, m_ = _asym_update(p, m_, total, _half_sums(row, krow, masked, tp, tn), quaternary)
+                if it == 0 and quaternary:
+                    sums = _half_sums_total(row, krow, masked, tp, tn)
+                    big = (sums[0], sums[1], sums[2], sums[3])
+                    total = (sums[4], sums[5], sums[6], sums[7])
+                else:
+                    big = _half_sums(row, krow, masked, tp, tn)
+                p, m_ = _asym_update(p, m_, total, big, quaternary)
         _asym_table(levels, thresholds, r, p, m_, quaternary)
         _asym_out(row, krow, masked, p, m_, quaternary, q[r])
 
