@@ -418,29 +418,16 @@ def ternary_fake_quantize(values, keep, alpha, delta, twn, refit, iters, q, leve
 
 @njit(cache=True, inline="always")
 def _half_sums(row, keep, masked, tp, tn):  # pragma: no cover - compiled
-    """Over row's kept weights: (Σ|w|, count) of those ≥ 0 with |w| > tp and of those < 0 with
-    |w| > tn (a negative t counts every one), as one 4-tuple. One pass for both halves, no branches."""
-    sp = 0.0
-    kp = 0
-    sn = 0.0
-    kn = 0
-    for j in range(row.size):
-        v = row[j]
-        mag = abs(v)
-        ok = (not masked) or keep[j] != 0
-        pos = v >= 0
-        bigp = ok and pos and mag > tp
-        bign = ok and (not pos) and mag > tn
-        sp += np.float64(mag) if bigp else 0.0
-        kp += 1 if bigp else 0
-        sn += np.float64(mag) if bign else 0.0
-        kn += 1 if bign else 0
-    return sp, kp, sn, kn
+    """Over row's kept weights: (Σ|w|, count) of those ≥ 0 with |w| > tp and of those < 0 with |w| > tn, as one
+    4-tuple (_half_sums_total's first half; its totals cost nothing measurable beside the loads)."""
+    s = _half_sums_total(row, keep, masked, tp, tn)
+    return s[0], s[1], s[2], s[3]
 
 
 @njit(cache=True, inline="always")
 def _half_sums_total(row, keep, masked, tp, tn):  # pragma: no cover - compiled
-    """_half_sums at (tp, tn) and over every kept weight, in one pass: (big 4-tuple, total 4-tuple) as 8 numbers."""
+    """Over row's kept weights, in one pass and without branches: (Σ|w|, count) of those ≥ 0 with |w| > tp and of
+    those < 0 with |w| > tn, then the same over every kept weight of each half, as 8 numbers."""
     sp = 0.0
     kp = 0
     sn = 0.0
