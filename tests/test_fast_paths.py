@@ -385,3 +385,9 @@ def test_packed_file_decodes_still_packed_codes_bit_for_bit(scheme, bits, option
     assert fast.keys() == slow.keys() and all(torch.equal(fast[k], slow[k]) for k in fast)
     model.eval()
     assert torch.equal(fast["0.weight"], model[0].weight.detach())
+    from dnncompress import load_packed
+
+    target = torch.nn.Sequential(torch.nn.Linear(301, 67), torch.nn.ReLU(), torch.nn.Linear(67, 10))
+    own = target[0].weight.data_ptr()
+    load_packed(path, model=target)  # decoded into the model's own tensor
+    assert target[0].weight.data_ptr() == own and torch.equal(target[0].weight.detach(), fast["0.weight"])
