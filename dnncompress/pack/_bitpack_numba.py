@@ -105,9 +105,13 @@ def huffman_blocks(data, offsets, n, block, maxlen, table_sym, table_len, limit,
     """huffman.decode's block-parallel walk, one block per work item: each block reads its symbols from
     its recorded bit offset through the 2^maxlen table. Returns how many blocks failed a check the numpy
     walk makes too: a window past `limit`, a bit pattern with no code, or a block that does not end where
-    the next begins (the last one: past the payload)."""
+    the next begins (the last one: past the payload). Bits come from a 64-bit buffer refilled 8 bytes at a
+    time while 8 bytes remain (about 30 symbols a refill), then from 3-byte windows as the numpy walk reads them."""
     blocks = offsets.size
     mask = (1 << maxlen) - 1
+    umaxlen = np.uint64(maxlen)
+    top = np.uint64(64) - umaxlen
+    umask = np.uint64(mask)
     bad = 0
     for b in prange(blocks):
         pos = offsets[b]
@@ -115,19 +119,44 @@ def huffman_blocks(data, offsets, n, block, maxlen, table_sym, table_len, limit,
         count = min(block, n - start)
         dst = out[start : start + count]  # a slice from 0: no wraparound test per access
         ok = True
-        for i in range(count):
-            if pos > limit:
-                ok = False
-                break
+        i = 0
+        while ok and i < count:
             byte = pos >> 3
-            window = (np.int64(data[byte]) << 16) | (np.int64(data[byte + 1]) << 8) | np.int64(data[byte + 2])
-            idx = (window >> (24 - (pos & 7) - maxlen)) & mask
-            sym = table_sym[idx]
-            if sym < 0:
-                ok = False
-                break
-            dst[i] = sym
-            pos += table_len[idx]
+            if byte + 8 <= data.size:  # refill: the 8 bytes from pos's byte, shifted so that pos is the top bit
+                w = np.uint64(0)
+                for j in range(8):
+                    w = (w << np.uint64(8)) | np.uint64(data[byte + j])
+                skip = pos & 7
+                w = w << np.uint64(skip)
+                avail = 64 - skip
+                while avail >= maxlen and i < count:
+                    if pos > limit:
+                        ok = False
+                        break
+                    idx = np.int64((w >> top) & umask)
+                    sym = table_sym[idx]
+                    if sym < 0:
+                        ok = False
+                        break
+                    length = table_len[idx]
+                    dst[i] = sym
+                    i += 1
+                    pos += length
+                    avail -= length
+                    w = w << np.uint64(length)
+            else:
+                if pos > limit:
+                    ok = False
+                    break
+                window = (np.int64(data[byte]) << 16) | (np.int64(data[byte + 1]) << 8) | np.int64(data[byte + 2])
+                idx = (window >> (24 - (pos & 7) - maxlen)) & mask
+                sym = table_sym[idx]
+                if sym < 0:
+                    ok = False
+                    break
+                dst[i] = sym
+                i += 1
+                pos += table_len[idx]
         if ok and ((b + 1 < blocks and pos != offsets[b + 1]) or (b + 1 == blocks and pos > limit)):
             ok = False
         if not ok:
