@@ -344,12 +344,13 @@ def test_decoding_still_packed_codes_equals_unpack_then_gather(bits, n):
     data = bitpack.pack(codes, bits).view(np.uint8)
     levels = torch.randn(1, width, generator=g)
     out = torch.full((n,), float("nan"))
-    taken = fastcode.gather_packed(levels, data, bits, n, out)
-    assert taken == (bits in (2, 4, 8))
-    if not taken:
+    dense = fastcode.gather_packed(levels, data, bits, n, out)
+    assert (dense is not None) == (bits in (2, 4, 8))
+    if dense is None:
         return
+    assert dense.data_ptr() == out.data_ptr()  # into the caller's tensor
     assert torch.equal(out, levels[0][torch.from_numpy(codes).long()])
-    assert not fastcode.gather_packed(torch.randn(2, width), data, bits, n, torch.empty(n))  # a table per row: not this path
+    assert fastcode.gather_packed(torch.randn(2, width), data, bits, n, torch.empty(n)) is None  # a table per row: not this path
     if bits > 1:
         short = torch.randn(1, width - 1, generator=g)  # the last code has no value
         codes[n // 2] = width - 1

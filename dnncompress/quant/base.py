@@ -417,18 +417,11 @@ class ScalarQuantizer(Quantizer):
         return self.from_frame(out.reshape(shape))
 
     def decode_packed(self, data, bits, shape, out=None):
-        if self.rotate or bits != self.bits:
-            return None
-        levels = self.levels.detach().float()
-        rows = levels.shape[0]
         numel = int(torch.Size(shape).numel())
-        if not numel or numel % rows:
+        if self.rotate or bits != self.bits or not numel:
             return None
-        if out is None or not (out.is_contiguous() and out.dtype == torch.float32 and out.device.type == "cpu" and out.numel() == numel):
-            out = torch.empty(tuple(shape), dtype=torch.float32)
-        if not gather_packed(levels, data, bits, numel, out):
-            return None
-        return out.view(tuple(shape))
+        dense = gather_packed(self.levels.detach().float(), data, bits, numel, out)
+        return None if dense is None else dense.view(tuple(shape))
 
     @torch.no_grad()
     def lookup(self, w, mask=None):

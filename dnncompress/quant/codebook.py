@@ -165,25 +165,30 @@ class Codebook(ScalarQuantizer):
             return StraightThrough.apply(w, q)
         return q + (w - w.detach())
 
-    def _trained_forward(self, w, mask):
-        """(q, codes) of a trained table in one compiled pass while its values are still in order (as
-        encode_bytes codes them); None where they crossed or the pass cannot run."""
+    def _ordered_table(self):
+        """(levels, thresholds) as encode_bytes codes against them, for a one-pass forward; None where trained
+        values crossed (encode_bytes then searches a sorted view and maps the codes back)."""
+        if self.per_channel:
+            return self.levels, self.thresholds
         levels = self.levels.detach()
         if bool((levels[:, 1:] < levels[:, :-1]).any()):
             return None
-        return table_forward(w.detach().reshape(1, -1).float(), levels.float(), midpoints(levels).float(), mask, with_codes=True)
+        return levels, midpoints(levels)
+
+    def _trained_forward(self, w, mask):
+        """(q, codes) of a trained table in one compiled pass; None where the table is out of order or the pass cannot run."""
+        table = self._ordered_table()
+        if table is None:
+            return None
+        return table_forward(w.detach().reshape(1, -1).float(), table[0].float(), table[1].float(), mask, with_codes=True)
 
     def _static_forward(self, w, mask):
-        """decode(encode(w)) × mask in one compiled pass, with the thresholds encode_bytes uses; None where
-        the two-step path must run (no numba, a small layer, values that crossed)."""
-        if self.per_channel:
-            levels, thresholds = self.levels, self.thresholds
-        else:
-            levels = self.levels.detach()
-            if bool((levels[:, 1:] < levels[:, :-1]).any()):
-                return None
-            thresholds = midpoints(levels)
-        return table_forward(w.detach().reshape(self.levels.shape[0], -1).float(), levels.float(), thresholds, mask)
+        """decode(encode(w)) × mask in one compiled pass; None where the two-step path must run (no numba, a
+        small layer, values that crossed)."""
+        table = self._ordered_table()
+        if table is None:
+            return None
+        return table_forward(w.detach().reshape(self.levels.shape[0], -1).float(), table[0].float(), table[1], mask)
 
     def on_step(self, step: int, total: int) -> None:
         every = self.options["refit_every"]

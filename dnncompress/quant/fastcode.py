@@ -185,16 +185,19 @@ def gather_levels(levels: torch.Tensor, codes: torch.Tensor, out: torch.Tensor |
     return out
 
 
-def gather_packed(levels: torch.Tensor, data: np.ndarray, bits: int, n: int, out: torch.Tensor) -> bool:
-    """levels[0, code] for n codes still bit-packed (`data`: bitpack's bytes) into `out` (n float32, contiguous),
-    compiled, for one shared table and 2, 4 or 8 bits; False where that path does not apply (a table per row,
-    other widths, no numba: the caller unpacks the codes first). ValueError on a code beyond the table."""
+def gather_packed(levels: torch.Tensor, data: np.ndarray, bits: int, n: int, out: torch.Tensor | None = None) -> torch.Tensor | None:
+    """levels[0, code] for n codes still bit-packed (`data`: bitpack's bytes), compiled, for one shared table and
+    2, 4 or 8 bits: into `out` (n float32 values, contiguous, CPU) when it is one, else into a new flat tensor,
+    which is made only once the path is known to run. None where it does not apply (a table per row, other
+    widths, no numba: the caller unpacks the codes first). ValueError on a code beyond the table."""
     kernels = compiled(n, levels)
-    if kernels is None or bits not in (2, 4, 8) or levels.dim() != 2 or levels.shape[0] != 1 or out.numel() != n:
-        return False
+    if kernels is None or bits not in (2, 4, 8) or levels.dim() != 2 or levels.shape[0] != 1:
+        return None
+    if out is None or not (out.is_contiguous() and out.dtype == torch.float32 and out.device.type == "cpu" and out.numel() == n):
+        out = torch.empty(n)
     if kernels.gather_packed(_np(levels), data, bits, n, out.numpy()):
         raise ValueError("code out of range")
-    return True
+    return out
 
 
 def scatter_levels(levels: torch.Tensor, codes: torch.Tensor, keep: torch.Tensor) -> torch.Tensor | None:

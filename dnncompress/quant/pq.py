@@ -29,7 +29,7 @@ import torch.nn as nn
 from ..errors import UserError
 from . import fastcode
 from .base import SCHEMES, Lookup, Quantizer, Storage
-from .fastcode import unit_sums
+from .fastcode import as_bytes, unit_sums
 
 BLOCK = 1 << 16
 
@@ -116,7 +116,7 @@ class _WholeUnits(torch.autograd.Function):
     def forward(ctx, w, centroids, rounded, codes, counts, mask):
         q = rounded.index_select(0, codes).reshape(w.shape)
         if mask is not None:
-            q = q * mask.view(torch.uint8)
+            q = q * as_bytes(mask)
         ctx.save_for_backward(codes, counts, mask)
         ctx.k = centroids.shape[0]
         return q.to(w.dtype)
@@ -124,7 +124,7 @@ class _WholeUnits(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         codes, counts, mask = ctx.saved_tensors
-        g = grad if mask is None else grad * mask.view(torch.uint8)
+        g = grad if mask is None else grad * as_bytes(mask)
         sums = unit_sums(codes, g.reshape(codes.shape[0], -1).float(), ctx.k)
         if counts.numel():
             sums = sums / counts.clamp_min(1)
