@@ -239,10 +239,8 @@ def _same(a, b) -> bool:
 def serialize(pieces: list[np.ndarray], metadata: dict[str, str]) -> tuple[bytes, list[np.ndarray]]:
     """(8-byte length + header, data pieces) of a canonical safetensors file holding one U8 tensor `dnc`
     made of the pieces back to back; the header JSON has sorted keys and is space-padded to 8 bytes."""
-    n = sum(piece.nbytes for piece in pieces)
-    header: dict = {BLOB: {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}, "__metadata__": dict(metadata)}
-    header["__metadata__"]["sha256"] = _header_digest(header, pieces)
-    return _head(header), pieces
+    header = _header(pieces, metadata)
+    return _head(_signed(header, _header_digest(header, pieces))), pieces
 
 
 def write_packed(ckpt: dict, path: str | os.PathLike, entropy: str = "none", fp16: bool = False) -> dict:
@@ -250,29 +248,50 @@ def write_packed(ckpt: dict, path: str | os.PathLike, entropy: str = "none", fp1
     the GIL): the header's length does not depend on the digest (43 base64 characters), so the data goes at its
     offset first and the header, digest included, last. Callers write to a temporary path (fileio.atomic_path)."""
     pieces, metadata, spec = build_packed(ckpt, entropy, fp16)
-    n = sum(piece.nbytes for piece in pieces)
-    header: dict = {BLOB: {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}, "__metadata__": dict(metadata)}
-    digest: list[str] = []
-    worker = threading.Thread(target=lambda: digest.append(_header_digest(header, pieces)), daemon=True)
-    worker.start()
-    try:
-        placeholder = _head({**header, "__metadata__": {**header["__metadata__"], "sha256": "A" * DIGEST_CHARS}})
-        with open(path, "wb") as f:
-            f.seek(len(placeholder))
-            for piece in pieces:
-                f.write(piece)
-            _start_writeback(f)
-            worker.join()
-            head = _head({**header, "__metadata__": {**header["__metadata__"], "sha256": digest[0]}})
-            assert len(head) == len(placeholder)
-            f.seek(0)
-            f.write(head)
-    finally:
-        worker.join()
+    header = _header(pieces, metadata)
+    hashing = _Hashing(header, pieces)
+    placeholder = _head(_signed(header, "A" * DIGEST_CHARS))
+    with open(path, "wb") as f:
+        f.seek(len(placeholder))
+        for piece in pieces:
+            f.write(piece)
+        _start_writeback(f)
+        head = _head(_signed(header, hashing.result()))
+        assert len(head) == len(placeholder)
+        f.seek(0)
+        f.write(head)
     return packed_info(spec, os.path.getsize(path))
 
 
 DIGEST_CHARS = 43  # base64 of SHA-256's 32 bytes, padding stripped
+
+
+def _header(pieces: list[np.ndarray], metadata: dict[str, str]) -> dict:
+    """The safetensors header of a version-4 file before signing: one U8 tensor `dnc`, the pieces back to back."""
+    n = sum(piece.nbytes for piece in pieces)
+    return {BLOB: {"dtype": "U8", "shape": [n], "data_offsets": [0, n]}, "__metadata__": dict(metadata)}
+
+
+def _signed(header: dict, digest: str) -> dict:
+    """The header with its digest in the metadata."""
+    return {**header, "__metadata__": {**header["__metadata__"], "sha256": digest}}
+
+
+class _Hashing:
+    """_header_digest(header, pieces) computed on a thread, so that the caller's writing or parsing overlaps it
+    (hashlib lets go of the GIL on large buffers); result() waits for it."""
+
+    def __init__(self, header: dict, pieces, b64: bool = True):
+        self._value: str | None = None
+        self._thread = threading.Thread(target=self._run, args=(header, pieces, b64), daemon=True)
+        self._thread.start()
+
+    def _run(self, header, pieces, b64):
+        self._value = _header_digest(header, pieces, b64=b64)
+
+    def result(self) -> str | None:
+        self._thread.join()
+        return self._value
 
 
 def _start_writeback(f) -> None:
@@ -327,16 +346,10 @@ class Digest:
 
     def __init__(self, path, header: dict, data: bytes, b64: bool):
         self.path, self.want = path, header["__metadata__"].get("sha256")
-        self.got: str | None = None
-        self._thread = threading.Thread(target=self._run, args=(header, data, b64), daemon=True)
-        self._thread.start()
-
-    def _run(self, header, data, b64):
-        self.got = _header_digest(header, [data], b64=b64)
+        self._hashing = _Hashing(header, [data], b64)
 
     def check(self) -> None:
-        self._thread.join()
-        if self.got != self.want:
+        if self._hashing.result() != self.want:
             raise invalid_file(self.path, "SHA-256 mismatch (corrupted or modified)")
 
 

@@ -139,10 +139,15 @@ def _symbols_back(blobs: Blobs, frag: dict, bits: int, n: int) -> np.ndarray:
         if counts.size != 1 << bits:
             raise ValueError("ANS table size does not match the bit width")
         return ans_decode(counts, blobs.get("adata", dref), n)
+    return bitpack.unpack(_plain_words(blobs, frag, bits, n), bits, n)
+
+
+def _plain_words(blobs: Blobs, frag: dict, bits: int, n: int) -> np.ndarray:
+    """The uint32 words of a plainly bit-packed stream of n codes, their count checked."""
     words = blobs.get("codes", frag["w"])
     if words.size != bitpack.words_needed(n, bits):
         raise ValueError("code word count does not match the layer size")
-    return bitpack.unpack(words, bits, n)
+    return words
 
 
 def fragment_bytes(frag: dict) -> int:
@@ -266,9 +271,7 @@ def _decode_layer(blobs: Blobs, spec: dict, out: torch.Tensor | None, q=None):
         if not 1 <= bits <= 8 or not 0 <= units <= numel:
             raise ValueError("bad code stream header")
         if mask is None and "w" in spec["c"] and units == numel:  # plain bit-packed codes: the scheme may decode them as they are
-            words = blobs.get("codes", spec["c"]["w"])
-            if words.size != bitpack.words_needed(units, bits):
-                raise ValueError("code word count does not match the layer size")
+            words = _plain_words(blobs, spec["c"], bits, units)
             decode_packed = getattr(q, "decode_packed", None)  # a plugin scheme may predate it
             dense = decode_packed(np.ascontiguousarray(words, dtype="<u4").view(np.uint8), bits, tuple(shape), out) if decode_packed else None
             if dense is not None:
