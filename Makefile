@@ -13,9 +13,10 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-# torch first from the plain index (an already installed torch >= 2.4 is kept), then the package.
+# torch first (an installed torch >= 2.4 is kept; the CPU-only wheel on this disk when the CUDA build does not fit:
+# see tools/install_torch.sh), then the package.
 $(VENV)/.installed: $(PY) pyproject.toml
-	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install -q --no-cache-dir $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH_PIN)
+	bash tools/install_torch.sh $(PY) "$(TORCH_PIN)" $(TORCH_INDEX)
 	$(PY) -m pip install -q --no-cache-dir -e ".[dev]"
 	touch $@
 

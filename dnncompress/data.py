@@ -222,7 +222,10 @@ MAX_IMAGES = 200_000  # images are decoded into memory once: a folder this size 
 
 
 def _folder_tensors(folder: Path, size: int, resize: int, classes: list[str] | None):
-    from torchvision import datasets, transforms
+    from .models.zoo import import_torchvision
+
+    tv = import_torchvision(f"reading {folder}")
+    datasets, transforms = tv.datasets, tv.transforms
 
     tf = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(size), transforms.ToTensor(),
                              transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])

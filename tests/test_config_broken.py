@@ -7,6 +7,8 @@ from dnncompress.cli import main
 from dnncompress.config import load_config
 from dnncompress.errors import UserError
 
+from .optional import needs_torchvision
+
 T = "model: {arch: lenet5}\ndata: {name: synthetic}\nstages:\n"
 
 BROKEN = {
@@ -88,7 +90,7 @@ BROKEN = {
 }
 
 
-@pytest.mark.parametrize("name", list(BROKEN))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=needs_torchvision) if "torchvision" in n else n for n in BROKEN])
 def test_broken_config_is_one_clear_line(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     text, overrides, pattern = BROKEN[name]

@@ -12,6 +12,8 @@ from dnncompress.data import load_data
 from dnncompress.surgery import attach, compression_of, model_from_checkpoint
 from dnncompress.train import TrainSettings, train
 
+from .optional import needs_torchvision
+
 
 def _codebook_levels_after_training(mode):
     torch.manual_seed(0)
@@ -52,6 +54,7 @@ def test_dynamic_refit_every_n_steps_moves_values_to_kmeans():
     assert refit <= 1.02 * sse(w, kmeans_1d(w, 8))  # Lloyd from a warm start: near the k-means optimum
 
 
+@needs_torchvision
 def test_any_module_torchvision_quantize_finetune():
     import torchvision
 

@@ -4,7 +4,10 @@ from pathlib import Path
 
 import torch
 
+from .optional import needs_torchvision
 
+
+@needs_torchvision
 def test_readme_python_example(in_tmp):
     text = (Path(__file__).parent.parent / "README.md").read_text()
     code = re.search(r"```python\n(.*?)```", text, re.S).group(1)

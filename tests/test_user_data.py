@@ -11,6 +11,8 @@ from dnncompress.cli import main
 from dnncompress.data import load_data
 from dnncompress.errors import UserError
 
+from .optional import needs_torchvision
+
 
 def _image_tree(root, classes=("cat", "dog"), per_class=6):
     g = torch.Generator().manual_seed(0)
@@ -23,6 +25,7 @@ def _image_tree(root, classes=("cat", "dog"), per_class=6):
     return root
 
 
+@needs_torchvision
 def test_imagefolder_loads_train_val_and_holds_out_validation(tmp_path):
     root = _image_tree(tmp_path / "imgs")
     d = load_data("imagefolder", str(root), options={"image_size": 16})
@@ -31,6 +34,7 @@ def test_imagefolder_loads_train_val_and_holds_out_validation(tmp_path):
     assert d.train.tensors[0].shape[1:] == (3, 16, 16)
 
 
+@needs_torchvision
 def test_imagefolder_bad_layouts(tmp_path):
     with pytest.raises(UserError, match="train/"):
         load_data("imagefolder", str(tmp_path))
@@ -43,6 +47,7 @@ def test_imagefolder_bad_layouts(tmp_path):
         load_data("imagefolder", str(root), options={"colour": "blue"})
 
 
+@needs_torchvision
 def test_imagefolder_through_the_cli(in_tmp):
     root = _image_tree(in_tmp / "imgs")
     r = CliRunner().invoke(main, ["train", "lenet5", "--data", "imagefolder", "--data-dir", str(root), "--data-opt", "image_size=28",

@@ -6,6 +6,7 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 import torch.nn as nn
 
 from ..errors import UserError
@@ -41,13 +42,25 @@ def _accepted_kwargs(factory: Callable, kwargs: dict) -> dict:
     return {k: v for k, v in kwargs.items() if k in params}
 
 
+def import_torchvision(needed_for: str):
+    """torchvision is optional (`dnncompress[vision]`): only `torchvision:NAME` models and image-folder
+    data need it, and a torch build without a matching torchvision (a CPU wheel beside PyPI's CUDA
+    torchvision) cannot import it at all."""
+    try:
+        import torchvision
+    except (ImportError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[-1][:120]
+        raise UserError(f"{needed_for} needs torchvision built for torch {torch.__version__} ({first}); "
+                        f"install the torchvision release that matches your torch: pip install 'dnncompress[vision]'") from None
+    return torchvision
+
+
 def _resolve(arch: str) -> Callable[..., nn.Module]:
     if arch in ARCHS:
         return ARCHS.get(arch).factory
     if arch.startswith("torchvision:"):
         name = arch.split(":", 1)[1]
-        import torchvision.models as tvm
-
+        tvm = import_torchvision(arch).models
         available = tvm.list_models()
         if name not in available:
             from ..registry import did_you_mean
