@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import statistics
 import tempfile
 import time
@@ -67,6 +68,16 @@ class Stepper:
 MODELS = {"lenet5": (1, 28, 28), "resnet20": (3, 32, 32)}
 
 
+def settle_gc() -> None:
+    """Collect, then freeze what exists (gc.freeze): a full collection then walks only the objects the steps make,
+    not this process's dozens of models and compiled kernels, whose pauses would land on whichever side they
+    happened to hit (one row read 1.32× in one run and 1.11× in the next). Collections of what a step allocates
+    still count, as they would in a training loop."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 def qat_rows(rounds: int, steps: int, arch: str = "lenet5", batches=(32, 128), schemes=SCHEMES) -> list[list]:
     torch.manual_seed(0)
     base = build_model(arch)
@@ -79,6 +90,7 @@ def qat_rows(rounds: int, steps: int, arch: str = "lenet5", batches=(32, 128), s
             dnncompress.quantize(model, **opts)
             q = Stepper(model, batch, MODELS[arch])
             q.seconds(3)
+            settle_gc()
             pairs = [(q.seconds(1), fp.seconds(1)) for _ in range(rounds * steps)]  # one step each in turn: the least drift between sides
             ratio = statistics.median(a / b for a, b in pairs)
             rows.append([arch, name, batch, f"{1000 * statistics.median(b for _, b in pairs):.2f}", f"{1000 * statistics.median(a for a, _ in pairs):.2f}",
@@ -164,6 +176,7 @@ def pack_rows() -> tuple[list[list], float]:
     rows, memcpy = [], []
 
     def row(what, op, target="≥ 50 %"):
+        settle_gc()
         t, base, ratio = paired(op, warm)
         memcpy.append(base)
         rows.append([what, f"{fp_bytes / t / 1e6:,.0f}", f"{100 * ratio:.0f} %", target, f"{1000 * t:.1f}", f"{1000 * base:.1f}"])
@@ -256,7 +269,10 @@ def main():
     peaks = peak_rows()
     body = (f"QAT step (forward + backward + Adam) against an fp32 step of the same model, the two taking turns one step "
             f"at a time, {args.rounds * args.steps} pairs (ResNet-20: 12); the ratio is the median of the pairs' ratios, the "
-            f"step times the medians of each side. Target ≤ {TARGET}×. Random inputs: speed does not depend on the values.\n\n")
+            f"step times the medians of each side. Target ≤ {TARGET}×. Random inputs: speed does not depend on the values. "
+            f"Before each row (and each packing row below) the garbage collector collects and freezes what exists (gc.freeze): "
+            f"a full collection then walks only what the timed steps made, not this process's dozens of models, whose pauses had "
+            f"landed on one side or the other (one row read 1.11× in one run and 1.32× in the next).\n\n")
     body += table(["model", "scheme", "batch", "fp32 step ms", "QAT step ms", "ratio", f"≤ {TARGET}×"], qat)
     body += ("\n\nWhole-file packing, in MB/s of the fp32 weights, each operation timed back to back with a warm memcpy of "
              "those weights (np.copyto into memory already in use) over 9 rounds; **of memcpy** is the median of the rounds' "
