@@ -392,3 +392,31 @@ def test_packed_file_decodes_still_packed_codes_bit_for_bit(scheme, bits, option
     own = target[0].weight.data_ptr()
     load_packed(path, model=target)  # decoded into the model's own tensor
     assert target[0].weight.data_ptr() == own and torch.equal(target[0].weight.detach(), fast["0.weight"])
+
+
+@needs_numba
+@pytest.mark.parametrize("units, d, k", [(20_000, 4, 256), (3_000, 9, 64), (700, 25, 16)])
+def test_compiled_nearest_centroid_is_a_nearest_centroid(units, d, k):
+    """pq's compiled assignment against torch's: the same centroid for every unit, or one exactly as near (the
+    two sum the scores in another order); duplicated centroids go to the lowest index, as torch's argmin does."""
+    from dnncompress.quant import fastcode, pq
+
+    g = torch.Generator().manual_seed(units + d)
+    x = torch.randn(units, d, generator=g)
+    c = torch.randn(k, d, generator=g)
+    c[k // 2] = c[1]  # a tie everywhere: index 1 must win
+    valid = torch.ones(units, d, dtype=torch.bool)
+    fast = fastcode.nearest_centroids(x, c)
+    assert fast is not None and fast.dtype == torch.long
+    assert not bool((fast == k // 2).any())
+    fastcode.USE_COMPILED = False
+    try:
+        slow = pq.assign(x, valid, c)
+    finally:
+        fastcode.USE_COMPILED = True
+    dist = ((x.double()[:, None, :] - c.double()[None]) ** 2).sum(-1)
+    nearest = dist.min(1).values
+    assert torch.allclose(dist.gather(1, fast[:, None]).squeeze(1), nearest, rtol=0, atol=1e-5)
+    differ = fast != slow
+    assert int(differ.sum()) <= units // 1000  # only near-ties may part
+    assert torch.equal(pq.assign(x, valid, c), fast)  # assign takes the compiled path when every coordinate is kept

@@ -157,6 +157,19 @@ def level_sums(codes: torch.Tensor, grad: torch.Tensor, levels: int) -> torch.Te
     return torch.from_numpy(out).to(grad.dtype)
 
 
+def nearest_centroids(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor | None:
+    """int64 index of each row of x (N×d)'s nearest centroid (k×d), by pq.assign's score |c|² − 2·x·c, compiled;
+    None where torch must run (no numba, a small job, not float32 on the CPU). Scores are summed in another
+    order than torch's matrix product, so a unit nearly equidistant from two centroids may take the other one."""
+    kernels = compiled(x.numel() * centroids.shape[0], x, centroids) if x.dim() == 2 and centroids.dim() == 2 else None
+    if kernels is None or x.shape[1] != centroids.shape[1] or centroids.shape[0] == 0:
+        return None
+    out = np.empty(x.shape[0], dtype=np.int64)
+    c = centroids.detach()
+    kernels.nearest_centroids(_np(x), _np(c), _np((c * c).sum(1)), out)
+    return torch.from_numpy(out)
+
+
 def unit_sums(codes: torch.Tensor, grad: torch.Tensor, k: int) -> torch.Tensor:
     """(k, d): per code, the sum of the rows of `grad` (N×d) whose unit holds it (compiled when numba is there
     and the layer is large; torch's index_add otherwise)."""

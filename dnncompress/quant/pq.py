@@ -31,7 +31,7 @@ from . import fastcode
 from .base import SCHEMES, Lookup, Quantizer, Storage
 from .fastcode import as_bytes, unit_sums
 
-BLOCK = 1 << 16
+BLOCK = 1 << 12  # units per block of the torch form: a 4096 × 256 score block stays in cache (100k units: 58 → 20 ms)
 
 
 def _pad(t: torch.Tensor, extra: int, value) -> torch.Tensor:
@@ -43,9 +43,12 @@ def _pad(t: torch.Tensor, extra: int, value) -> torch.Tensor:
 def assign(x: torch.Tensor, valid: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     """Nearest centroid of each unit over its kept coordinates: argmin_k Σ m·(x − c_k)², in blocks
     (Σ m·x² is the same for every k and left out; with nothing masked, Σ m·c² is just |c|²)."""
-    out = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
     c = centroids.to(x.dtype)
     dense = bool(valid.all())
+    fast = fastcode.nearest_centroids(x, c) if dense else None
+    if fast is not None:
+        return fast
+    out = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
     c_norm, c_sq = (c * c).sum(1), (c * c).t()
     for i in range(0, x.shape[0], BLOCK):
         xb = x[i : i + BLOCK]
