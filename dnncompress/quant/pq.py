@@ -222,7 +222,7 @@ class ProductQuantizer(Quantizer):
         if self.training:  # counted here, not by a training-loop hook: any loop (the user's own too) re-assigns
             if self._train_codes is None or self._steps >= self.options["reassign_every"] or self._train_codes.numel() != xs.shape[0]:
                 self._train_codes = assign(xs, vs, c)
-                self._counts = torch.zeros_like(c).index_add_(0, self._train_codes, vs.to(c.dtype))
+                self._counts = unit_sums(self._train_codes, vs.to(c.dtype), c.shape[0]).to(c)  # whole counts: exact either way
                 self._steps = 0
             self._steps += 1
             return self._train_codes
