@@ -420,3 +420,23 @@ def test_compiled_nearest_centroid_is_a_nearest_centroid(units, d, k):
     differ = fast != slow
     assert int(differ.sum()) <= units // 1000  # only near-ties may part
     assert torch.equal(pq.assign(x, valid, c), fast)  # assign takes the compiled path when every coordinate is kept
+
+
+@pytest.mark.parametrize("bits", [2, 8])
+def test_codebook_forward_follows_its_values_however_they_change(bits):
+    """A codebook's one-pass forward keeps the order check and thresholds of its last table while the values are
+    the same; values changed in place through .data (which leaves the version counter alone), or out of order,
+    must still give decode(encode(w))."""
+    g = torch.Generator().manual_seed(bits)
+    w = torch.randn(64, 300, generator=g) * 0.05
+    qz = make_quantizer("codebook", bits=bits).fit(w)
+    qz.train()
+
+    def reference():
+        return qz.decode(qz.encode_bytes(w), w.shape)
+
+    assert torch.equal(qz(w), reference())
+    qz.levels.data[0, 1] = (qz.levels[0, 0] + qz.levels[0, 1]) / 2  # still ascending, new thresholds
+    assert torch.equal(qz(w), reference())
+    qz.levels.data[0, 0], qz.levels.data[0, -1] = qz.levels[0, -1].item(), qz.levels[0, 0].item()  # out of order
+    assert torch.equal(qz(w), reference())

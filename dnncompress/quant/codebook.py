@@ -171,9 +171,13 @@ class Codebook(ScalarQuantizer):
         if self.per_channel:
             return self.levels, self.thresholds
         levels = self.levels.detach()
-        if bool((levels[:, 1:] < levels[:, :-1]).any()):
-            return None
-        return levels, midpoints(levels)
+        memo = self.__dict__.get("_table_memo")  # (the values it was made for, their thresholds or None if out of order)
+        if memo is not None and torch.equal(memo[0], levels):  # a static table is the same every step: one comparison
+            return None if memo[1] is None else (levels, memo[1])
+        thresholds = None if bool((levels[:, 1:] < levels[:, :-1]).any()) else midpoints(levels)
+        # a copy of the values, not a version counter: .data assignments and a re-fit through .data leave that unchanged
+        self.__dict__["_table_memo"] = (levels.clone(), thresholds)
+        return None if thresholds is None else (levels, thresholds)
 
     def _trained_forward(self, w, mask):
         """(q, codes) of a trained table in one compiled pass; None where the table is out of order or the pass cannot run."""
