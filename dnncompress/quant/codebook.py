@@ -171,12 +171,13 @@ class Codebook(ScalarQuantizer):
         if self.per_channel:
             return self.levels, self.thresholds
         levels = self.levels.detach()
-        memo = self.__dict__.get("_table_memo")  # (the values it was made for, their thresholds or None if out of order)
+        static = not isinstance(self.levels, nn.Parameter)  # a trained table moves every step: nothing to keep
+        memo = self.__dict__.get("_table_memo") if static else None  # (the values it was made for, their thresholds or None)
         if memo is not None and torch.equal(memo[0], levels):  # a static table is the same every step: one comparison
             return None if memo[1] is None else (levels, memo[1])
         thresholds = None if bool((levels[:, 1:] < levels[:, :-1]).any()) else midpoints(levels)
-        # a copy of the values, not a version counter: .data assignments and a re-fit through .data leave that unchanged
-        self.__dict__["_table_memo"] = (levels.clone(), thresholds)
+        if static:  # a copy of the values, not a version counter: .data assignments leave that unchanged
+            self.__dict__["_table_memo"] = (levels.clone(), thresholds)
         return None if thresholds is None else (levels, thresholds)
 
     def _trained_forward(self, w, mask):
