@@ -2,12 +2,13 @@
 
 - QAT step of every scheme against an fp32 step of the same LeNet-5 (forward, backward, Adam; random
   inputs: speed does not depend on the values), batch 32 and 128; every scheme on ResNet-20 at batch
-  32. The two models take turns one step at a time and the ratio is the median over the pairs, so a slow spell of
-  a shared machine lands on both sides.
+  32. The two models take turns one step at a time in blocks of 10 steps each, whose summed times give one ratio
+  (work a scheme does every few steps counts); the row's ratio is the median over the blocks, so a slow spell
+  of a shared machine lands on both sides.
 - Whole-file pack and unpack of a four-value VGG-16 (durable file, in memory, new tensors, in place), against the
   copy that does the same memory work; 2/3/5/6/7-bit bit-packing and Huffman/ANS decoding; peak memory of each.
 
-    python benchmarks/quick_bench.py [--rounds 9] [--steps 8]
+    python benchmarks/quick_bench.py [--blocks 16]
 """
 from __future__ import annotations
 
@@ -271,16 +272,17 @@ def peak_rows() -> list[list]:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--pairs", type=int, default=8, help="pairs of 10-step blocks per LeNet-5 row (ResNet-20: 3)")
+    ap.add_argument("--blocks", type=int, default=16, help="10-step blocks per LeNet-5 batch-32 row (batch 128: 6, ResNet-20: 3)")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    qat = qat_rows(args.pairs)
+    qat = qat_rows(args.blocks, batches=(32,))
+    qat += qat_rows(6, batches=(128,))
     qat += qat_rows(3, "resnet20", (32,))
     pack, memcpy_per_byte = pack_rows()
     coders = coder_rows(memcpy_per_byte)
     peaks = peak_rows()
     body = (f"QAT step (forward + backward + Adam) against an fp32 step of the same model, the two taking turns step by step "
-            f"in blocks of {BLOCK_STEPS} steps each, {args.pairs} blocks (ResNet-20: 3); the ratio is the median of the blocks' "
+            f"in blocks of {BLOCK_STEPS} steps each, {args.blocks} blocks per row (LeNet-5 batch 128: 6, ResNet-20: 3); the ratio is the median of the blocks' "
             f"ratios of summed step times, the step times the medians of each side's block sums over {BLOCK_STEPS}. Summed, not "
             f"single steps' medians: pq re-assigns "
             f"its units every 10 steps, and a median of single steps left that out (LeNet-5 pq read 1.20× that way and 1.84× in "
