@@ -440,3 +440,16 @@ def test_codebook_forward_follows_its_values_however_they_change(bits):
     assert torch.equal(qz(w), reference())
     qz.levels.data[0, 0], qz.levels.data[0, -1] = qz.levels[0, -1].item(), qz.levels[0, 0].item()  # out of order
     assert torch.equal(qz(w), reference())
+
+
+def test_codebook_table_memo_survives_a_move_of_the_module():
+    """The kept table was made for the values where they were: after .double() (or .to(device)) the forward
+    compares like with like, and gives what decode(encode(w)) gives there."""
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(32, 200, generator=g) * 0.05
+    qz = make_quantizer("codebook", bits=4).fit(w)
+    qz.train()
+    qz(w)
+    qz.double()
+    wd = w.double()
+    assert torch.equal(qz(wd), qz.decode(qz.encode_bytes(wd), wd.shape).to(wd.dtype))

@@ -173,7 +173,7 @@ class Codebook(ScalarQuantizer):
         levels = self.levels.detach()
         static = not isinstance(self.levels, nn.Parameter)  # a trained table moves every step: nothing to keep
         memo = self.__dict__.get("_table_memo") if static else None  # (the values it was made for, their thresholds or None)
-        if memo is not None and torch.equal(memo[0], levels):  # a static table is the same every step: one comparison
+        if memo is not None and _same_tensor_kind(memo[0], levels) and torch.equal(memo[0], levels):  # the same every step: one comparison
             return None if memo[1] is None else (levels, memo[1])
         thresholds = None if bool((levels[:, 1:] < levels[:, :-1]).any()) else midpoints(levels)
         if static:  # a copy of the values, not a version counter: .data assignments leave that unchanged
@@ -245,6 +245,12 @@ class Codebook(ScalarQuantizer):
     def describe(self) -> str:
         o = self.options
         return f"codebook {o['mode']}{' +0' if o['zero'] else ''}"
+
+
+def _same_tensor_kind(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same device, dtype and shape: what torch.equal needs to compare values alone (a module moved with .to()
+    leaves a memo made before it on the old device)."""
+    return a.device == b.device and a.dtype == b.dtype and a.shape == b.shape
 
 
 class _TrainedLookup(torch.autograd.Function):
