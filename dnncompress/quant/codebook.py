@@ -69,7 +69,8 @@ class Codebook(ScalarQuantizer):
         self.refit = "none"  # static: values fixed; dynamic: values move by gradient (and periodic re-fit)
         if mode == "dynamic":
             self.levels = nn.Parameter(self.levels.clone())
-            self.levels.register_hook(self._shape_grad)
+            if grad == "mean" or zero:  # a Python hook costs a call every backward: only where it changes something
+                self.levels.register_hook(self._shape_grad)
         self._last_rows = None
         self._last_codes = None
 
