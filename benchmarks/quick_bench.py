@@ -72,7 +72,7 @@ MODELS = {"lenet5": (1, 28, 28), "resnet20": (3, 32, 32)}
 def settle_gc() -> None:
     """Collect, then freeze what exists (gc.freeze): a full collection then walks only the objects the steps make,
     not this process's dozens of models and compiled kernels, whose pauses would land on whichever side they
-    happened to hit (one row read 1.32× in one run and 1.11× in the next). Collections of what a step allocates
+    happened to hit (single rows had moved by up to 0.2 between runs). Collections of what a step allocates
     still count, as they would in a training loop."""
     gc.unfreeze()
     gc.collect()
@@ -284,13 +284,11 @@ def main():
     body = (f"QAT step (forward + backward + Adam) against an fp32 step of the same model, the two taking turns step by step "
             f"in blocks of {BLOCK_STEPS} steps each, {args.blocks} blocks per row (LeNet-5 batch 128: 6, ResNet-20: 3); the ratio is the median of the blocks' "
             f"ratios of summed step times, the step times the medians of each side's block sums over {BLOCK_STEPS}. Summed, not "
-            f"single steps' medians: pq re-assigns "
-            f"its units every 10 steps, and a median of single steps left that out (LeNet-5 pq read 1.20× that way and 1.84× in "
-            f"10-step blocks, before the re-assignment was compiled). Target ≤ {TARGET}×. Random inputs: speed does not depend on "
-            f"the values. "
+            f"single steps' medians: pq re-assigns its units every 10 steps, and a median of single steps left that step out. "
+            f"Target ≤ {TARGET}×. Random inputs: speed does not depend on the values. "
             f"Before each row (and each packing row below) the garbage collector collects and freezes what exists (gc.freeze): "
             f"a full collection then walks only what the timed steps made, not this process's dozens of models, whose pauses had "
-            f"landed on one side or the other (one row read 1.11× in one run and 1.32× in the next).\n\n")
+            f"landed on one side or the other of a pair.\n\n")
     body += table(["model", "scheme", "batch", "fp32 step ms", "QAT step ms", "ratio", f"≤ {TARGET}×"], qat)
     body += ("\n\nWhole-file packing, in MB/s of the fp32 weights, each operation timed back to back with a warm memcpy of "
              "those weights (np.copyto into memory already in use) over 9 rounds; **of memcpy** is the median of the rounds' "
