@@ -127,10 +127,8 @@ class Codebook(ScalarQuantizer):
 
     def _shape_grad(self, grad: torch.Tensor) -> torch.Tensor:
         """Dynamic codebook gradient: keep the zero fixed; 'mean' divides by the assignment counts of the
-        kept weights (a pruned weight gets no gradient, so counting it would shrink its value's step). None (the
-        gradient as it is) when neither applies."""
-        if self.options["grad"] != "mean" and not self.options["zero"]:
-            return None
+        kept weights (a pruned weight gets no gradient, so counting it would shrink its value's step). Registered
+        only where one of the two applies."""
         grad = grad.clone()
         if self.options["grad"] == "mean" and self._last_codes is not None:
             codes = self._last_codes
