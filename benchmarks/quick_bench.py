@@ -92,7 +92,7 @@ def interleaved(q: Stepper, fp: Stepper) -> tuple[float, float]:
     return a, b
 
 
-def qat_rows(pairs: int, arch: str = "lenet5", batches=(32, 128), schemes=SCHEMES) -> list[list]:
+def qat_rows(blocks: int, arch: str = "lenet5", batches=(32, 128), schemes=SCHEMES) -> list[list]:
     torch.manual_seed(0)
     base = build_model(arch)
     rows = []
@@ -105,7 +105,7 @@ def qat_rows(pairs: int, arch: str = "lenet5", batches=(32, 128), schemes=SCHEME
             q = Stepper(model, batch, MODELS[arch])
             q.seconds(3)
             settle_gc()
-            timed = [interleaved(q, fp) for _ in range(pairs)]
+            timed = [interleaved(q, fp) for _ in range(blocks)]
             ratio = statistics.median(a / b for a, b in timed)
             rows.append([arch, name, batch, f"{1000 * statistics.median(b for _, b in timed) / BLOCK_STEPS:.2f}",
                          f"{1000 * statistics.median(a for a, _ in timed) / BLOCK_STEPS:.2f}", f"{ratio:.2f}×", "met" if ratio <= TARGET else "MISSED"])

@@ -661,8 +661,8 @@ UNITS = 256  # units per parallel work item of nearest_centroids
 def nearest_centroids(x, centroids, c_norm, out):  # pragma: no cover - compiled
     """out[i] = argmin_k c_norm[k] − 2·x[i]·centroids[k], the lowest k on a tie (pq.assign's rule: the nearest
     centroid, |x|² being the same for every k), x N×d. Work items of UNITS units, held transposed (d×m), so that
-    each centroid scores all m of them in vectorized passes and each unit keeps its best so far in a register
-    lane; torch's form writes the whole N×k score matrix out and reads it back (100k units × 256 centroids:
+    each centroid scores all m of them in vectorized passes and each unit keeps its best so far in a small
+    array; torch's form writes the whole N×k score matrix out and reads it back (100k units × 256 centroids:
     100 MB, most of the time a re-assignment took)."""
     n, d = x.shape
     k = centroids.shape[0]
