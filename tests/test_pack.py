@@ -1,6 +1,8 @@
 """Pack → unpack is bit-exact for every scheme, bit width, odd size, mask and entropy setting."""
 import json
 import os
+import signal
+import time
 
 import numpy as np
 import pytest
@@ -254,3 +256,38 @@ def test_ans_without_constriction_is_a_one_line_error(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"pip install 'dnncompress\[ans\]'"):
         save_packed(linear_ckpt(500, "fourval"), tmp_path / "x.dnc", entropy="ans")
     assert not (tmp_path / "x.dnc").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_hashes_on_its_own_worker(tmp_path):
+    """The hashing thread lives as long as the process; a forked child (a DataLoader worker, say) does not inherit
+    it, so it must start its own rather than wait forever on a thread that does not exist there."""
+    path = tmp_path / "m.dnc"
+    save_packed(linear_ckpt(64, "fourval"), path)  # the parent's worker now exists
+    want = checkpoint_from_packed(path)["state_dict"]["weight"]
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if it reads the same weights, and a damaged copy is still refused
+        ok = False
+        try:
+            ok = torch.equal(checkpoint_from_packed(path)["state_dict"]["weight"], want)
+            bad = tmp_path / "bad.dnc"
+            data = bytearray(path.read_bytes())
+            data[-1] ^= 1
+            bad.write_bytes(bytes(data))
+            try:
+                checkpoint_from_packed(bad)
+                ok = False
+            except UserError as e:
+                ok = ok and "SHA-256" in str(e)
+        finally:
+            os._exit(0 if ok else 1)
+    for _ in range(600):  # a child stuck on the parent's thread would wait forever: give it 60 s
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child never finished reading the file")
+    assert os.waitstatus_to_exitcode(status) == 0
