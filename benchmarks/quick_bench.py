@@ -45,6 +45,7 @@ SCHEMES = [
     ("pq 8-bit, auto d", {"scheme": "pq", "bits": 8}),  # d: a conv's k×k kernel, 4 weights in a Linear
 ]
 TARGET = 1.15
+PACK_ROUNDS = 31  # paired rounds per packing row: a round takes tens of ms, so 31 cost seconds against the QAT rows' minutes
 
 
 class Stepper:
@@ -157,7 +158,7 @@ def vgg_checkpoint() -> tuple[dict, int]:
     return ck, sum(v.numel() * 4 for v in ck["state_dict"].values())
 
 
-def paired(op, base, rounds: int = 9) -> tuple[float, float, float]:
+def paired(op, base, rounds: int = PACK_ROUNDS) -> tuple[float, float, float]:
     """(median seconds of `op`, median seconds of `base`, median of base/op) over rounds that time the two back to
     back: a slow spell of a shared machine lands on both sides of the ratio."""
     op(), base()
@@ -291,7 +292,7 @@ def main():
             f"landed on one side or the other of a pair.\n\n")
     body += table(["model", "scheme", "batch", "fp32 step ms", "QAT step ms", "ratio", f"≤ {TARGET}×"], qat)
     body += ("\n\nWhole-file packing, in MB/s of the fp32 weights, each operation timed back to back with a warm memcpy of "
-             "those weights (np.copyto into memory already in use) over 9 rounds; **of memcpy** is the median of the rounds' "
+             f"those weights (np.copyto into memory already in use) over {PACK_ROUNDS} rounds; **of memcpy** is the median of the rounds' "
              "ratios, the times the medians of each side. The rows in parentheses are parts of the others, measured the same "
              "way, to show where the time goes.\n\n")
     body += table(["operation", "MB/s", "of memcpy", "target", "ms", "memcpy ms"], pack)
