@@ -17,6 +17,41 @@ from .surgery import weight_key
 
 MAX_PARAMS = 1 << 31
 
+try:  # torch's own `with torch.device(...)` mode; private, so a torch without it builds through torch.device("meta")
+    from torch.utils._device import DeviceContext as _DeviceContext
+except ImportError:  # pragma: no cover - every torch this supports has it
+    _DeviceContext = None
+
+# In-place ops that only set values: a meta tensor has none to set
+_VALUE_ONLY = frozenset(getattr(torch.Tensor, name) for name in (
+    "uniform_", "normal_", "bernoulli_", "random_", "exponential_", "cauchy_", "log_normal_", "geometric_", "fill_", "zero_"))
+
+
+def _init_target(func, args, kwargs):
+    """The meta tensor an init or fill call would only write values into, or None to run the call."""
+    if func not in _VALUE_ONLY and getattr(func, "__module__", None) != "torch.nn.init":
+        return None
+    t = args[0] if args else (kwargs or {}).get("tensor")  # nn.init passes its tensor by keyword to a mode
+    return t if isinstance(t, torch.Tensor) and t.is_meta else None
+
+
+if _DeviceContext is not None:
+    class _MetaBuild(_DeviceContext):
+        """torch.device("meta") that skips initialization on meta tensors. On the meta device nn.init and the random
+        fills run Python decompositions, for values no meta tensor holds: ResNet-20's kaiming_normal_ loop made its
+        build 11.5 ms against 5.3 without (A/B, 300 alternating builds). get_default_device() still says meta."""
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            target = _init_target(func, args, kwargs)
+            if target is not None:
+                return target
+            return super().__torch_function__(func, types, args, kwargs)
+
+
+def meta_device():
+    """A context in which modules are built on the meta device without running their initialization."""
+    return _MetaBuild("meta") if _DeviceContext is not None else torch.device("meta")
+
 
 def expected_state(arch: str, arch_kwargs: dict, source, structure: dict | None = None) -> dict[str, torch.Tensor]:
     """The architecture's state_dict as meta tensors (shapes and dtypes, no memory), shrunk to `structure`."""
@@ -27,7 +62,7 @@ def skeleton(arch: str, arch_kwargs: dict, source, structure: dict | None = None
     """The architecture built on the meta device (no memory for weights), shrunk to `structure`, its size
     checked: what a file's weights are vetted against, and what load_packed fills."""
     try:
-        with warnings.catch_warnings(), torch.device("meta"):
+        with warnings.catch_warnings(), meta_device():
             warnings.simplefilter("ignore")  # odd but legal kwargs (zero-size layers) must not print from a library
             model = build_model(arch, arch_kwargs)
         if structure:

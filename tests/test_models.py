@@ -57,3 +57,59 @@ def test_unknown_architecture_suggests_the_closest():
         build_model("lenet6")
     with pytest.raises(UserError, match="cannot import"):
         build_model("no_such_pkg.mod:make")
+
+
+def _layout(model):
+    return [(k, tuple(t.shape), t.dtype, t.device.type, getattr(t, "requires_grad", None))
+            for k, t in [*model.named_parameters(), *model.named_buffers()]]
+
+
+@pytest.mark.parametrize("name", [n for n in ARCHS.names() if not n.startswith("test-")])
+def test_the_skeleton_skips_initialization_but_not_one_shape(name):
+    """validate.meta_device builds what torch.device('meta') builds (names, shapes, dtypes, grads), without the
+    initialization calls that only write values no meta tensor holds."""
+    from dnncompress.validate import meta_device
+
+    with torch.device("meta"):
+        plain = build_model(name)
+    with meta_device():
+        fast = build_model(name)
+    assert _layout(fast) == _layout(plain)
+
+
+class _InitHeavy(torch.nn.Module):
+    """A user's factory in the styles real ones use: nn.init by position and by keyword, Tensor fills, a tensor made on
+    an explicit device (which keeps its values), and a look at the default device."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(8, 4)
+        torch.nn.init.trunc_normal_(self.proj.weight, std=0.02)
+        torch.nn.init.zeros_(tensor=self.proj.bias)
+        self.pos = torch.nn.Parameter(torch.empty(1, 3, 8).normal_(0, 0.02))
+        self.register_buffer("table", torch.arange(6, dtype=torch.float32, device="cpu").uniform_(5, 6))
+        self.made_on = torch.get_default_device().type
+
+
+def test_the_skeleton_of_a_users_module_keeps_its_shapes_and_real_tensors_keep_their_values():
+    from dnncompress.validate import meta_device
+
+    with meta_device():
+        m = _InitHeavy()
+    assert m.made_on == "meta"
+    assert [(k, tuple(t.shape), t.device.type) for k, t in m.state_dict().items()] == [
+        ("pos", (1, 3, 8), "meta"), ("table", (6,), "cpu"), ("proj.weight", (4, 8), "meta"), ("proj.bias", (4,), "meta")]
+    assert bool(((m.table >= 5) & (m.table < 6)).all())  # an explicit CPU tensor was still filled
+    assert torch.get_default_device().type == "cpu"  # the context is gone afterwards
+
+
+def test_only_value_writes_into_meta_tensors_are_skipped():
+    from dnncompress.validate import _init_target
+
+    meta, cpu = torch.empty(3, 3, device="meta"), torch.empty(3, 3)
+    assert _init_target(torch.nn.init.kaiming_normal_, (meta,), {}) is meta
+    assert _init_target(torch.nn.init.uniform_, (), {"tensor": meta, "a": 0, "b": 1}) is meta
+    assert _init_target(torch.Tensor.normal_, (meta, 0, 1), {}) is meta
+    assert _init_target(torch.nn.init.kaiming_normal_, (cpu,), {}) is None  # a real tensor gets its values
+    assert _init_target(torch.Tensor.add_, (meta, 1), {}) is None  # not a pure value write: it runs
+    assert _init_target(torch.empty, ((3, 3),), {}) is None
