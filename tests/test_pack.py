@@ -291,3 +291,45 @@ def test_a_forked_child_hashes_on_its_own_worker(tmp_path):
         os.waitpid(pid, 0)
         pytest.fail("the forked child never finished reading the file")
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def _adopted(model):
+    return [(k, type(t).__name__, t.data_ptr(), t.requires_grad, t.dtype) for k, t in [*model.named_parameters(), *model.named_buffers()]]
+
+
+@pytest.mark.parametrize("arch", ["lenet5", "resnet20", "vgg16", "mobilenet"])
+def test_adopting_a_vetted_state_is_load_state_dict_with_assign(arch, monkeypatch):
+    """pack._adopt skips torch's pass over every key for every module; it must leave the model exactly as
+    load_state_dict(assign=True) does: the same tensors (not copies) under the same names, Parameters where the model
+    had them, the same requires_grad (a frozen one stays frozen)."""
+    from dnncompress.pack import _adopt
+    from dnncompress.validate import skeleton
+
+    state = build_model(arch).state_dict()
+    ours, torchs = skeleton(arch, {}, "x"), skeleton(arch, {}, "x")
+    for m in (ours, torchs):
+        next(m.parameters()).requires_grad_(False)
+    torchs.load_state_dict(dict(state), assign=True)
+    with monkeypatch.context() as patch:  # the zoo's modules all load plainly: torch's loader must not run
+        patch.setattr(torch.nn.Module, "load_state_dict", lambda *a, **k: pytest.fail("fell back to load_state_dict"))
+        _adopt(ours, dict(state))
+    assert _adopted(ours) == _adopted(torchs)
+    assert not any(t.is_meta for t in [*ours.parameters(), *ours.buffers()])
+
+
+def test_a_module_that_loads_its_own_way_is_loaded_by_torch():
+    from dnncompress.pack import _adopt
+
+    class Renaming(torch.nn.Linear):
+        seen = []
+
+        def _load_from_state_dict(self, state_dict, prefix, *args):
+            Renaming.seen.append(prefix)
+            super()._load_from_state_dict(state_dict, prefix, *args)
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2, device="meta"), Renaming(2, 2, device="meta"))
+    state = {k: torch.ones(t.shape) for k, t in model.state_dict().items()}
+    _adopt(model, state)
+    assert Renaming.seen == ["1."] and torch.equal(model[1].weight, torch.ones(2, 2))
+    with pytest.raises(RuntimeError, match="Missing key"):  # keys that are not the model's: torch's own error
+        _adopt(torch.nn.Linear(2, 2, device="meta"), {"weight": torch.ones(2, 2)})
