@@ -333,3 +333,20 @@ def test_a_module_that_loads_its_own_way_is_loaded_by_torch():
     assert Renaming.seen == ["1."] and torch.equal(model[1].weight, torch.ones(2, 2))
     with pytest.raises(RuntimeError, match="Missing key"):  # keys that are not the model's: torch's own error
         _adopt(torch.nn.Linear(2, 2, device="meta"), {"weight": torch.ones(2, 2)})
+
+
+def test_blob_pieces_are_the_kinds_back_to_back_with_large_parts_uncopied():
+    from dnncompress.pack.layers import COALESCE, Blobs
+
+    blobs = Blobs()
+    big = np.arange(COALESCE, dtype=np.uint32)  # 4 × COALESCE bytes: its own piece
+    blobs.add("fp32", np.ones(3, np.float32))
+    blobs.add("codes", big)
+    blobs.add("fp32", np.full(2, 7, np.float32))
+    blobs.add("codes", np.arange(5, dtype=np.uint32))
+    blobs.add("u8", np.zeros(0, np.uint8))  # nothing to write
+    order = ["codes", "fp32", "u8"]
+    pieces = blobs.pieces(order)
+    want = b"".join(np.concatenate(blobs.parts[k]).astype(np.dtype(Blobs.DTYPES[k]).newbyteorder("<")).tobytes() for k in order)
+    assert b"".join(p.tobytes() for p in pieces) == want
+    assert len(pieces) == 2 and np.shares_memory(pieces[0], blobs.parts["codes"][0])  # the large part as is, the rest joined

@@ -220,9 +220,8 @@ def build_packed(ckpt: dict, entropy: str = "none", fp16: bool = False) -> tuple
             "entropy": entropy, "fp16": fp16, "layers": layers, "leftovers": leftovers}
     if ckpt.get("structure"):  # structured pruning's smaller sizes: the reader rebuilds the architecture shrunk
         spec["structure"] = ckpt["structure"]
-    arrays = blobs.finish()
     packed = deflate_spec(spec)
-    pieces = [arrays[k].astype(arrays[k].dtype.newbyteorder("<"), copy=False).reshape(-1).view(np.uint8) for k in blob_order(arrays)]
+    pieces = blobs.pieces(blob_order(blobs.kinds()))
     pieces.append(np.frombuffer(packed, dtype=np.uint8))
     metadata = {"format": FORMAT, "version": str(VERSION), "spec": str(len(packed))}
     return pieces, metadata, spec

@@ -20,6 +20,8 @@ from ..errors import UserError
 from ..quant import Storage, quantizer_from_state, quantizer_from_storage
 from . import bitpack, huffman, sparse
 
+COALESCE = 1 << 16  # bytes: a blob part at least this large is written and hashed as its own piece
+
 
 class Blobs:
     """Append-only typed arrays; `add` returns [offset, count] in elements."""
@@ -40,8 +42,28 @@ class Blobs:
         self.sizes[kind] += arr.size
         return [off, int(arr.size)]
 
-    def finish(self) -> dict[str, np.ndarray]:
-        return {k: np.concatenate(v) for k, v in self.parts.items() if v}
+    def kinds(self) -> list[str]:
+        return [k for k, v in self.parts.items() if v]
+
+    def pieces(self, order: list[str]) -> list[np.ndarray]:
+        """The kinds' bytes back to back in `order`, little-endian, as few uint8 arrays as keeps large parts uncopied:
+        a part of at least COALESCE bytes is its own piece, runs of smaller ones are joined (a piece per bias would
+        cost a write and a hash call each); joining every kind first copied every byte once more (VGG-16: 3.7 MB)."""
+        out: list[np.ndarray] = []
+        small: list[np.ndarray] = []
+        for kind in order:
+            for part in self.parts[kind]:
+                raw = part.astype(part.dtype.newbyteorder("<"), copy=False).reshape(-1).view(np.uint8)
+                if raw.nbytes >= COALESCE:
+                    if small:
+                        out.append(np.concatenate(small))
+                        small = []
+                    out.append(raw)
+                elif raw.nbytes:
+                    small.append(raw)
+        if small:
+            out.append(np.concatenate(small))
+        return out
 
     def get(self, kind: str, ref) -> np.ndarray:
         off, count = int(ref[0]), int(ref[1])
