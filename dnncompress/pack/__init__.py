@@ -157,7 +157,8 @@ def _adopt(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
     its weights): each module takes its own tensors. A model with any module that loads its own way, keys that are not
     exactly its own (a shared submodule's second name too), or torch's swap-tensors mode goes through torch."""
     plan = []
-    if not torch.__future__.get_swap_module_params_on_conversion() and all(_loads_plainly(m) for m in model.modules()):
+    swapping = getattr(torch.__future__, "get_swap_module_params_on_conversion", lambda: False)()
+    if not swapping and all(_loads_plainly(m) for m in model.modules()):
         for prefix, m in model.named_modules():
             dot = prefix + "." if prefix else ""
             plan += [(m, name, dot + name, p) for name, p in m._parameters.items() if p is not None]
