@@ -350,3 +350,19 @@ def test_blob_pieces_are_the_kinds_back_to_back_with_large_parts_uncopied():
     want = b"".join(np.concatenate(blobs.parts[k]).astype(np.dtype(Blobs.DTYPES[k]).newbyteorder("<")).tobytes() for k in order)
     assert b"".join(p.tobytes() for p in pieces) == want
     assert len(pieces) == 2 and np.shares_memory(pieces[0], blobs.parts["codes"][0])  # the large part as is, the rest joined
+
+
+def test_a_write_that_fails_on_the_helper_thread_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    """The data section is written on the helper thread while this one hashes: a disk that fills up there must still
+    give the usual one-line error, and no file and no temp file."""
+    import errno
+
+    from dnncompress.pack import container
+
+    def full(f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(container, "_start_writeback", full)
+    with pytest.raises(UserError, match="No space left on device"):
+        save_packed(linear_ckpt(4096, "fourval"), tmp_path / "m.dnc")
+    assert list(tmp_path.iterdir()) == []
