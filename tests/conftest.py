@@ -6,6 +6,17 @@ import torch
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def _compiled_from_the_start():
+    """The tests compare the compiled kernels with the torch/numpy paths from their first call: no one-off budget
+    (compiled.py) to spend first. tests/test_fast_paths.py tests the budget itself."""
+    from dnncompress import compiled
+
+    compiled.ONE_OFF_BUDGET = 0
+
+
+_compiled_from_the_start()
+
+
 def _register_test_linear():
     """A registered zoo name for single-Linear test models: a name from a file may be a registered
     architecture, while `torch.nn:Linear` in a file would need --arch or --trust."""

@@ -1,11 +1,14 @@
 """Issue 14: every fast path gives the reference's result bit for bit (searchsorted codes, the levels'
 gather), for every scheme and every bit width it takes, in training (with the per-step re-fit) and in eval."""
 import copy
+import os
 
 import pytest
 import torch
 
-from dnncompress.quant import make_quantizer
+import dnncompress
+from dnncompress.models import build_model
+from dnncompress.quant import fastcode, make_quantizer
 from dnncompress.quant.base import ScalarQuantizer
 from dnncompress.quant.fastcode import MIN_VALUES, count_below
 
@@ -453,3 +456,51 @@ def test_codebook_table_memo_survives_a_move_of_the_module():
     qz.double()
     wd = w.double()
     assert torch.equal(qz(wd), qz.decode(qz.encode_bytes(wd), wd.shape).to(wd.dtype))
+
+
+def test_one_off_work_earns_numba_before_it_is_loaded(monkeypatch):
+    """Packing, unpacking and reports run in numpy/torch until ONE_OFF_BUDGET values of such work have run, then
+    load the kernels; a QAT step's kernel (per_step) or kernels already loaded are used at once. Loading numba
+    costs about half a second cold, more than a whole small one-off job."""
+    from dnncompress import compiled
+
+    if compiled._import("numba") is None or os.environ.get("DNNCOMPRESS_NO_NUMBA") == "1":
+        pytest.skip("numba not installed or turned off")
+    monkeypatch.setattr(compiled, "ONE_OFF_BUDGET", 1000)
+    monkeypatch.setattr(compiled._Budget, "spent", 0)
+    monkeypatch.setattr(compiled._Budget, "loaded", False)
+    name = "dnncompress.pack._bitpack_numba"
+    assert compiled.kernels(name, 600) is None  # 600 of 1,000 spent without the kernels
+    assert compiled._Budget.spent == 600 and not compiled._Budget.loaded
+    assert compiled.kernels(name, 600) is not None  # the budget is spent: load them
+    assert compiled._Budget.loaded
+    monkeypatch.setattr(compiled._Budget, "spent", 0)
+    assert compiled.kernels(name, 10) is not None  # loaded already: no reason to wait
+    monkeypatch.setattr(compiled._Budget, "loaded", False)
+    assert compiled.kernels(name, 10_000) is not None  # one job larger than the budget pays for the load alone
+    monkeypatch.setattr(compiled._Budget, "loaded", False)
+    monkeypatch.setattr(compiled._Budget, "spent", 0)
+    monkeypatch.setattr(compiled, "ONE_OFF_BUDGET", 1 << 20)
+    assert fastcode.compiled(1 << 12, torch.zeros(1)) is None  # a one-off job of 4,096 values: not yet
+    assert fastcode.compiled(1 << 12, torch.zeros(1), least=fastcode.QAT_COMPILED_FROM, per_step=True) is not None
+
+
+def test_a_first_unpack_gives_the_same_tensors_with_or_without_the_kernels(tmp_path, monkeypatch):
+    """What the budget changes is only which path decodes: the bytes decoded agree bit for bit."""
+    from dnncompress import compiled
+    from dnncompress.pack import checkpoint_from_packed, save_packed
+
+    torch.manual_seed(0)
+    model = build_model("lenet5")
+    dnncompress.quantize(model, scheme="codebook", bits=3)
+    path = tmp_path / "m.dnc"
+    save_packed(model, path, arch="lenet5")
+    monkeypatch.setattr(compiled._Budget, "loaded", False)
+    monkeypatch.setattr(compiled._Budget, "spent", 0)
+    monkeypatch.setattr(compiled, "ONE_OFF_BUDGET", 1 << 40)  # never earned: numpy/torch all the way
+    slow = checkpoint_from_packed(path)["state_dict"]
+    assert not compiled._Budget.loaded
+    monkeypatch.setattr(compiled, "ONE_OFF_BUDGET", 0)
+    fast = checkpoint_from_packed(path)["state_dict"]
+    assert compiled._Budget.loaded or compiled._import("numba") is None
+    assert all(torch.equal(slow[k], fast[k]) for k in slow)

@@ -17,8 +17,9 @@ USE_COMPILED = True  # the tests turn it off to compare with the numpy reference
 
 def compiled(n: int):
     """numba's kernels for n codes (every width but 8, which is a copy), or None when numba is not
-    installed (or turned off), or n is too small for it to pay."""
-    return compiled_module("dnncompress.pack._bitpack_numba") if USE_COMPILED and n >= COMPILED_FROM else None
+    installed (or turned off), n is too small for it to pay, or packing is one-off work that has not yet earned
+    loading numba (compiled.py)."""
+    return compiled_module("dnncompress.pack._bitpack_numba", n) if USE_COMPILED and n >= COMPILED_FROM else None
 
 
 def words_needed(n: int, bits: int) -> int:

@@ -12,10 +12,13 @@ import heapq
 
 import numpy as np
 
-from .bitpack import compiled
+from ..compiled import kernels as compiled_module
+from . import bitpack
 
 MAX_LEN = 16
 BLOCK = 4096
+NUMPY_WALK = 1 << 23  # what the numpy walk costs, in values of one-off work (compiled.py): up to BLOCK Python steps of a
+#                       dozen array operations each (a block-long walk: about 30 ms here), however few the symbols
 
 
 def code_lengths(counts: np.ndarray) -> np.ndarray:
@@ -105,7 +108,7 @@ def decode(lengths: np.ndarray, offsets: np.ndarray, payload: np.ndarray, n: int
     limit = (raw.size - 3) * 8  # the last position a window can start at
     if pos.size and (pos.max() > limit or (np.diff(pos) < 0).any()):
         raise ValueError("Huffman block offsets point past the payload")
-    kernels = compiled(n)
+    kernels = compiled_module("dnncompress.pack._bitpack_numba", max(n, NUMPY_WALK)) if bitpack.USE_COMPILED else None
     if kernels is not None:  # the same walk, one compiled loop per block
         out = np.empty(n, dtype=np.int16)
         if kernels.huffman_blocks(raw, pos, n, BLOCK, maxlen, table_sym, table_len, limit, out):
@@ -116,7 +119,7 @@ def decode(lengths: np.ndarray, offsets: np.ndarray, payload: np.ndarray, n: int
     mask = (1 << maxlen) - 1
     last_count = n - (offsets.size - 1) * BLOCK
     last_end = 0
-    for step in range(BLOCK):
+    for step in range(BLOCK if offsets.size > 1 else n):  # one block: only its own symbols' steps
         p = np.minimum(pos, limit)  # finished blocks may run on; their output is discarded
         byte = p >> 3
         window = (d[byte] << 16) | (d[byte + 1] << 8) | d[byte + 2]

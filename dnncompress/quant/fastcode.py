@@ -34,15 +34,17 @@ QAT_COMPILED_FROM = 1 << 8  # the fused QAT forwards replace a dozen torch calls
 USE_COMPILED = True  # the tests turn it off to compare with the torch paths
 
 
-def compiled(size: int, *floats: torch.Tensor, least: int = COMPILED_FROM):
+def compiled(size: int, *floats: torch.Tensor, least: int = COMPILED_FROM, per_step: bool = False):
     """The compiled kernels for a job of `size` values over these float tensors when numba is installed
     (and not turned off), the job is at least `least` and the tensors are float32 on the CPU; else None.
-    The first call imports numba (about a second), never at import time."""
+    `per_step`: a QAT step's kernel, which every step repeats: numba is loaded at once (about half a second, once
+    per process). Other jobs are one-off (encoding, decoding, a fit): they run in torch until compiled.py's budget
+    of such work is spent or the kernels are loaded anyway."""
     if not USE_COMPILED or size < least:
         return None
     if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in floats):
         return None
-    return compiled_module("dnncompress.quant._fastcode_numba")
+    return compiled_module("dnncompress.quant._fastcode_numba", None if per_step else size)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -113,7 +115,7 @@ def fused_forward(kernel: str, rows: torch.Tensor, mask: torch.Tensor | None, pe
     _fastcode_numba.py (fourval_/ternary_/asym_fake_quantize, whose docstrings say what each computes)
     on R×n rows, with `per_row` the scheme's current numbers (one value per row each), `options` its
     flags and a table `width` levels wide. None where the torch form must run."""
-    kernels = compiled(rows.numel(), rows, *per_row, least=QAT_COMPILED_FROM)
+    kernels = compiled(rows.numel(), rows, *per_row, least=QAT_COMPILED_FROM, per_step=True)
     if kernels is None or rows.dim() != 2 or any(t.numel() != rows.shape[0] for t in per_row):
         return None
     q = torch.empty(rows.shape)
@@ -128,7 +130,7 @@ def table_forward(rows: torch.Tensor, levels: torch.Tensor, thresholds: torch.Te
     """levels[r or 0, count_below(w)] × mask for R×n rows in one compiled pass (a table's QAT forward: no code
     bytes in between); with `with_codes`, (q, the uint8 codes). None where the two-step path (codes, then a
     gather) must run."""
-    kernels = compiled(rows.numel(), rows, levels, thresholds, least=QAT_COMPILED_FROM)
+    kernels = compiled(rows.numel(), rows, levels, thresholds, least=QAT_COMPILED_FROM, per_step=True)
     if kernels is None or rows.dim() != 2 or levels.shape[0] not in (1, rows.shape[0]) or thresholds.shape != (levels.shape[0], levels.shape[1] - 1):
         return None
     q = torch.empty(rows.shape)
@@ -149,7 +151,7 @@ def table_forward(rows: torch.Tensor, levels: torch.Tensor, thresholds: torch.Te
 def level_sums(codes: torch.Tensor, grad: torch.Tensor, levels: int) -> torch.Tensor:
     """(levels,) float32: the sum of `grad` over the positions holding each code (compiled when numba is
     there and the layer is large; torch's index_add otherwise)."""
-    kernels = compiled(codes.numel(), grad.float(), least=QAT_COMPILED_FROM) if codes.dtype == torch.uint8 else None
+    kernels = compiled(codes.numel(), grad.float(), least=QAT_COMPILED_FROM, per_step=True) if codes.dtype == torch.uint8 else None
     if kernels is None:
         return torch.zeros(levels, dtype=grad.dtype, device=grad.device).index_add_(0, codes.reshape(-1).long(), grad.reshape(-1))
     out = np.empty(levels, dtype=np.float32)
@@ -173,7 +175,7 @@ def nearest_centroids(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor 
 def unit_sums(codes: torch.Tensor, grad: torch.Tensor, k: int) -> torch.Tensor:
     """(k, d): per code, the sum of the rows of `grad` (N×d) whose unit holds it (compiled when numba is there
     and the layer is large; torch's index_add otherwise)."""
-    kernels = compiled(grad.numel(), grad, least=QAT_COMPILED_FROM) if grad.dim() == 2 and codes.dim() == 1 else None
+    kernels = compiled(grad.numel(), grad, least=QAT_COMPILED_FROM, per_step=True) if grad.dim() == 2 and codes.dim() == 1 else None
     if kernels is None:
         return torch.zeros(k, grad.shape[1], dtype=grad.dtype, device=grad.device).index_add_(0, codes.long(), grad)
     out = np.empty((k, grad.shape[1]), dtype=np.float32)
