@@ -504,3 +504,18 @@ def test_a_first_unpack_gives_the_same_tensors_with_or_without_the_kernels(tmp_p
     fast = checkpoint_from_packed(path)["state_dict"]
     assert compiled._Budget.loaded or compiled._import("numba") is None
     assert all(torch.equal(slow[k], fast[k]) for k in slow)
+
+
+@pytest.mark.parametrize("rows,cols", [(1, 50_000), (7, 9_000), (3, 5)])
+def test_the_torch_gather_in_chunks_is_the_plain_lookup(rows, cols, monkeypatch):
+    """gather_levels' torch path works in chunks of GATHER_CHUNK values (a whole layer's int64 index stayed resident):
+    the same values as one lookup, into a new tensor or the caller's, for one table or one per row."""
+    monkeypatch.setattr(fastcode, "USE_COMPILED", False)
+    g = torch.Generator().manual_seed(rows)
+    for table_rows in {1, rows}:
+        levels = torch.randn(table_rows, 16, generator=g)
+        codes = torch.randint(0, 16, (rows, cols), generator=g, dtype=torch.uint8)
+        want = levels.expand(rows, -1).gather(1, codes.long())
+        assert torch.equal(fastcode.gather_levels(levels, codes), want)
+        out = torch.empty(rows, cols)
+        assert fastcode.gather_levels(levels, codes, out) is out and torch.equal(out, want)

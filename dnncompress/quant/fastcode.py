@@ -32,6 +32,8 @@ MIN_VALUES = 1 << 12  # below this the table costs more than the search
 COMPILED_FROM = 1 << 12  # values; below this torch's few small passes cost less than leaving torch
 QAT_COMPILED_FROM = 1 << 8  # the fused QAT forwards replace a dozen torch calls: they pay from tiny layers on
 USE_COMPILED = True  # the tests turn it off to compare with the torch paths
+GATHER_CHUNK = 1 << 14  # values a torch gather takes at once: its int64 index, freed, stayed resident (glibc keeps heap
+#                         it has grown for), and a whole layer's at once put a first VGG-16 unpack at 2× its fp32 size
 
 
 def compiled(size: int, *floats: torch.Tensor, least: int = COMPILED_FROM, per_step: bool = False):
@@ -192,7 +194,14 @@ def gather_levels(levels: torch.Tensor, codes: torch.Tensor, out: torch.Tensor |
         if codes.numel() and int(codes.max()) >= levels.shape[1]:
             raise ValueError("code out of range")
         table = levels if levels.shape[0] == rows else levels.expand(rows, -1)
-        return torch.gather(table, 1, codes.long(), out=out) if out is not None else torch.gather(table, 1, codes.long())
+        if torch.is_grad_enabled() and levels.requires_grad:  # a graph to differentiate through: one gather
+            return torch.gather(table, 1, codes.long(), out=out) if out is not None else torch.gather(table, 1, codes.long())
+        if out is None:
+            out = torch.empty(codes.shape, dtype=levels.dtype, device=levels.device)
+        step = max(1, GATHER_CHUNK // max(rows, 1))  # columns a chunk: torch's int64 index never exceeds ~GATHER_CHUNK values
+        for c0 in range(0, codes.shape[1], step):
+            torch.gather(table, 1, codes[:, c0 : c0 + step].long(), out=out[:, c0 : c0 + step])
+        return out
     if out is None:
         out = torch.empty(codes.shape, dtype=torch.float32)
     if kernels.gather_rows(_np(levels), _np(codes), out.numpy()):
