@@ -288,20 +288,6 @@ def _signed(header: dict, digest: str) -> dict:
     return {**header, "__metadata__": {**header["__metadata__"], "sha256": digest}}
 
 
-class _Hashing:
-    """_header_digest(header, pieces) computed on the process's helper thread, so that a reader's parsing and vetting
-    overlap it (hashlib lets go of the GIL on large buffers); result() waits for it (None if it failed)."""
-
-    def __init__(self, header: dict, pieces, b64: bool = True):
-        self._future = _Worker.get().submit(_header_digest, header, pieces, b64)
-
-    def result(self) -> str | None:
-        try:
-            return self._future.result()
-        except Exception:  # a digest that cannot be computed is a mismatch, and reported as one
-            return None
-
-
 class _Worker:
     """One long-lived helper thread per process: it hashes while a reader parses, and writes while a packer hashes.
     Starting a thread per file made every read wait for the new thread to be scheduled: up to 3 ms of a 14 ms unpack
@@ -373,17 +359,21 @@ def _json_loads(text, p, what: str):
 
 
 class Digest:
-    """A file's SHA-256 check, computed on a thread while the reader parses, vets and builds quantizers
-    (hashlib lets go of the GIL: VGG-16's 3.7 MB take 2 ms, about what that Python work takes). `check()`
+    """A file's SHA-256 check, computed on the process's helper thread while the reader parses, vets and builds
+    quantizers (hashlib lets go of the GIL: VGG-16's 3.7 MB take 2 ms, about what that Python work takes). `check()`
     waits for it and raises on a mismatch; readers call it before any weight is decoded, and before
     reporting any other fault of the file, so a damaged file is still called damaged."""
 
     def __init__(self, path, header: dict, data: bytes, b64: bool):
         self.path, self.want = path, header["__metadata__"].get("sha256")
-        self._hashing = _Hashing(header, [data], b64)
+        self._hashing = _Worker.get().submit(_header_digest, header, [data], b64)
 
     def check(self) -> None:
-        if self._hashing.result() != self.want:
+        try:
+            got = self._hashing.result()
+        except Exception:  # a digest that cannot be computed is a mismatch, and reported as one
+            got = None
+        if got != self.want:
             raise invalid_file(self.path, "SHA-256 mismatch (corrupted or modified)")
 
 
