@@ -15,11 +15,11 @@ COMPILED_FROM = 1 << 16  # codes; below this the numpy kernels win (and numba is
 USE_COMPILED = True  # the tests turn it off to compare with the numpy reference
 
 
-def compiled(n: int):
+def compiled(n: int, least: int = COMPILED_FROM, cost: int | None = None):
     """numba's kernels for n codes (every width but 8, which is a copy), or None when numba is not
-    installed (or turned off), n is too small for it to pay, or packing is one-off work that has not yet earned
-    loading numba (compiled.py)."""
-    return compiled_module("dnncompress.pack._bitpack_numba", n) if USE_COMPILED and n >= COMPILED_FROM else None
+    installed (or turned off), n is below `least`, or packing is one-off work that has not yet earned
+    loading numba (compiled.py). `cost`: what the job charges that budget when it is not n (Huffman's numpy walk)."""
+    return compiled_module("dnncompress.pack._bitpack_numba", n if cost is None else cost) if USE_COMPILED and n >= least else None
 
 
 def words_needed(n: int, bits: int) -> int:

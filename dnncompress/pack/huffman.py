@@ -12,7 +12,6 @@ import heapq
 
 import numpy as np
 
-from ..compiled import kernels as compiled_module
 from . import bitpack
 
 MAX_LEN = 16
@@ -108,7 +107,7 @@ def decode(lengths: np.ndarray, offsets: np.ndarray, payload: np.ndarray, n: int
     limit = (raw.size - 3) * 8  # the last position a window can start at
     if pos.size and (pos.max() > limit or (np.diff(pos) < 0).any()):
         raise ValueError("Huffman block offsets point past the payload")
-    kernels = compiled_module("dnncompress.pack._bitpack_numba", max(n, NUMPY_WALK)) if bitpack.USE_COMPILED else None
+    kernels = bitpack.compiled(n, least=0, cost=max(n, NUMPY_WALK))
     if kernels is not None:  # the same walk, one compiled loop per block
         out = np.empty(n, dtype=np.int16)
         if kernels.huffman_blocks(raw, pos, n, BLOCK, maxlen, table_sym, table_len, limit, out):
