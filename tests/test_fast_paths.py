@@ -3,6 +3,7 @@ gather), for every scheme and every bit width it takes, in training (with the pe
 import copy
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -423,6 +424,48 @@ def test_compiled_nearest_centroid_is_a_nearest_centroid(units, d, k):
     differ = fast != slow
     assert int(differ.sum()) <= units // 1000  # only near-ties may part
     assert torch.equal(pq.assign(x, valid, c), fast)  # assign takes the compiled path when every coordinate is kept
+
+
+@needs_numba
+@pytest.mark.parametrize("d", [1, 3, 4, 5, 8, 9, 25])
+def test_compiled_nearest_centroid_sums_one_coordinate_at_a_time(d):
+    """The kernel adds four coordinates a pass; its scores must still be c_norm, then + (−2·c_j)·x_j for j = 0, 1, …
+    rounded to float32 after each step, so its codes equal that sum's argmin (lowest index on a tie) bit for bit,
+    whatever d's remainder by four."""
+    from dnncompress.quant import fastcode
+
+    g = torch.Generator().manual_seed(d)
+    x = torch.randn(700, d, generator=g) * 0.05
+    base = torch.randn(8, d, generator=g) * 0.05  # clusters of centroids a few ulps apart: rounding picks among them
+    c = (base.repeat_interleave(5, 0) * (1 + 1e-6 * torch.randn(40, d, generator=g)))[:37]
+    xn, cn = x.numpy(), c.numpy()
+    score = np.broadcast_to((c * c).sum(1).numpy(), (700, 37)).astype(np.float32)  # |c|² as fastcode passes it
+    for j in range(d):
+        score = score + np.float32(-2.0) * cn[None, :, j] * xn[:, j : j + 1]
+    fast = fastcode.nearest_centroids(x, c)
+    assert fast is not None
+    assert np.array_equal(fast.numpy(), score.argmin(1))
+
+
+@needs_numba
+@pytest.mark.parametrize("d", [4, 9])
+def test_compiled_unit_gather_and_sums_equal_torch(d):
+    """pq's compiled forward gather (times the mask) and centroid sums, with byte or int64 codes, against index_select
+    and index_add: the same values bit for bit, signs of masked zeros included; a code beyond the table is refused."""
+    g = torch.Generator().manual_seed(d)
+    table = torch.randn(200, d, generator=g)
+    codes = torch.randint(0, 200, (3000,), generator=g)
+    mask = torch.rand(3000 * d, generator=g) > 0.4
+    grad = torch.randn(3000, d, generator=g)
+    want = table.index_select(0, codes) * mask.reshape(3000, d).view(torch.uint8)
+    sums = torch.zeros(200, d, dtype=torch.float64).index_add_(0, codes, grad.double()).float()
+    for c in (codes, codes.to(torch.uint8)):
+        got = fastcode.gather_units(table, c, mask)
+        assert got is not None and torch.equal(got, want) and torch.equal(got.signbit(), want.signbit())
+        assert torch.equal(fastcode.gather_units(table, c, None), table.index_select(0, codes))
+        assert torch.allclose(fastcode.unit_sums(c, grad, 200), sums, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="out of range"):
+        fastcode.gather_units(table[:100], codes, None)
 
 
 @pytest.mark.parametrize("bits", [2, 8])

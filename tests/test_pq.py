@@ -89,27 +89,28 @@ def test_centroid_gradient_is_the_mean_of_its_units():
     assert torch.equal(w.grad, g)  # and the weights get the straight-through gradient
 
 
+@pytest.mark.parametrize("d", [4, 8])
 @pytest.mark.parametrize("grad", ["mean", "sum"])
 @pytest.mark.parametrize("pruned", [False, True])
-def test_one_node_forward_matches_the_gather_reference(grad, pruned):
+def test_one_node_forward_matches_the_gather_reference(grad, pruned, d):
     """The one-node QAT forward (every unit stored, none padded; compiled centroid sums on a large layer): the
     same values as gathering the rounded centroids times the mask, the weight's gradient straight through, and
     per centroid the summed (or mean) gradient of its units' kept entries."""
     g = torch.Generator().manual_seed(5)
     w = torch.randn(256, 64, generator=g) * 0.05
     mask = (torch.rand(w.shape, generator=g) > 0.3) if pruned else None
-    q = make_quantizer("pq", bits=6, d=4, grad=grad).fit(w * mask if pruned else w, mask).train()
+    q = make_quantizer("pq", bits=6, d=d, grad=grad).fit(w * mask if pruned else w, mask).train()
     wm = (w * mask if pruned else w).clone().requires_grad_(True)
     up = torch.randn(w.shape, generator=g)
     out = q(wm, mask)
     (out * up).sum().backward()
-    codes = assign(wm.detach().reshape(-1, 4), (mask if pruned else torch.ones_like(w, dtype=torch.bool)).reshape(-1, 4), q._rounded())
+    codes = assign(wm.detach().reshape(-1, d), (mask if pruned else torch.ones_like(w, dtype=torch.bool)).reshape(-1, d), q._rounded())
     keep = mask.float() if pruned else torch.ones_like(w)
     assert torch.equal(out.detach(), q._rounded()[codes].reshape(w.shape) * keep)
     assert torch.equal(wm.grad, up)
-    want = torch.zeros_like(q._rounded()).index_add_(0, codes, (up * keep).reshape(-1, 4))
+    want = torch.zeros_like(q._rounded()).index_add_(0, codes, (up * keep).reshape(-1, d))
     if grad == "mean":
-        want = want / torch.zeros_like(want).index_add_(0, codes, keep.reshape(-1, 4)).clamp_min(1)
+        want = want / torch.zeros_like(want).index_add_(0, codes, keep.reshape(-1, d)).clamp_min(1)
     assert torch.allclose(q.centroids.grad, want, rtol=1e-5, atol=1e-6)
 
 

@@ -660,16 +660,27 @@ UNITS = 256  # units per parallel work item of nearest_centroids
 @njit(cache=True, parallel=True)
 def nearest_centroids(x, centroids, c_norm, out):  # pragma: no cover - compiled
     """out[i] = argmin_k c_norm[k] − 2·x[i]·centroids[k], the lowest k on a tie (pq.assign's rule: the nearest
-    centroid, |x|² being the same for every k), x N×d. Work items of UNITS units, held transposed (d×m), so that
-    each centroid scores all m of them in vectorized passes and each unit keeps its best so far in a small
-    array; torch's form writes the whole N×k score matrix out and reads it back (100k units × 256 centroids:
-    100 MB, most of the time a re-assignment took)."""
+    centroid, |x|² being the same for every k), x N×d. Work items of UNITS units, held transposed (d×m, padded
+    with zero rows to a multiple of 4), so that each centroid scores all m of them in vectorized passes and each
+    unit keeps its best so far in a small array; torch's form writes the whole N×k score matrix out and reads it
+    back (100k units × 256 centroids: 100 MB, most of the time a re-assignment took).
+
+    Each pass adds four coordinates' products, and the last pass also compares, so the score array is read and
+    written d/4 times rather than d + 1 (100k units of 4 × 256 centroids: 5.1–7.1 → 2.4 ms). The sum is formed
+    in the same order as one coordinate a pass (c_norm, then j = 0, 1, …; a padded coordinate adds +0), so the
+    codes are the same bit for bit."""
     n, d = x.shape
     k = centroids.shape[0]
+    dp = (d + 3) // 4 * 4
+    last = dp - 4
+    f = np.zeros((k, dp), dtype=np.float32)
+    for c in range(k):
+        for j in range(d):
+            f[c, j] = np.float32(-2.0) * centroids[c, j]  # × 2 is exact: the same product as (−2·x)·c
     for b in prange((n + UNITS - 1) // UNITS):
         xs, to = x[b * UNITS : min(n, (b + 1) * UNITS)], out[b * UNITS : min(n, (b + 1) * UNITS)]
         m = xs.shape[0]
-        xt = np.empty((d, m), dtype=np.float32)
+        xt = np.zeros((dp, m), dtype=np.float32)
         for i in range(m):
             for j in range(d):
                 xt[j, i] = xs[i, j]
@@ -677,15 +688,36 @@ def nearest_centroids(x, centroids, c_norm, out):  # pragma: no cover - compiled
         pick = np.zeros(m, dtype=np.int32)
         score = np.empty(m, dtype=np.float32)
         for c in range(k):
-            score[:] = c_norm[c]
-            for j in range(d):
-                f = np.float32(-2.0) * centroids[c, j]  # × 2 is exact: the same product as (−2·x)·c
-                row = xt[j]
+            fc = f[c]
+            cn = c_norm[c]
+            if last:
+                a0, a1, a2, a3 = fc[0], fc[1], fc[2], fc[3]
+                r0, r1, r2, r3 = xt[0], xt[1], xt[2], xt[3]
                 for i in range(m):
-                    score[i] += f * row[i]
+                    s = cn + a0 * r0[i]
+                    s = s + a1 * r1[i]
+                    s = s + a2 * r2[i]
+                    score[i] = s + a3 * r3[i]
+                for j0 in range(4, last, 4):
+                    a0, a1, a2, a3 = fc[j0], fc[j0 + 1], fc[j0 + 2], fc[j0 + 3]
+                    r0, r1, r2, r3 = xt[j0], xt[j0 + 1], xt[j0 + 2], xt[j0 + 3]
+                    for i in range(m):
+                        s = score[i] + a0 * r0[i]
+                        s = s + a1 * r1[i]
+                        s = s + a2 * r2[i]
+                        score[i] = s + a3 * r3[i]
+            else:
+                for i in range(m):
+                    score[i] = cn
+            a0, a1, a2, a3 = fc[last], fc[last + 1], fc[last + 2], fc[last + 3]
+            r0, r1, r2, r3 = xt[last], xt[last + 1], xt[last + 2], xt[last + 3]
             for i in range(m):
-                better = score[i] < best[i]
-                best[i] = score[i] if better else best[i]
+                s = score[i] + a0 * r0[i]
+                s = s + a1 * r1[i]
+                s = s + a2 * r2[i]
+                s = s + a3 * r3[i]
+                better = s < best[i]
+                best[i] = s if better else best[i]
                 pick[i] = c if better else pick[i]
         for i in range(m):
             to[i] = pick[i]
@@ -694,7 +726,9 @@ def nearest_centroids(x, centroids, c_norm, out):  # pragma: no cover - compiled
 @njit(cache=True, parallel=True)
 def unit_sums(codes, grad, k, out):  # pragma: no cover - compiled
     """out[c, :] = Σ grad[i, :] over the units i with codes[i] = c (a product quantizer's centroid gradient,
-    grad N×d). Fixed blocks of units in parallel, float64 partial sums added in block order."""
+    grad N×d; codes uint8 or int64). Fixed blocks of units in parallel, float64 partial sums added in block order.
+    Four coordinates (a Linear's default unit) are added as four named sums, which the loop keeps in registers
+    (100k units: 283 → 197 µs; 116 µs with byte codes)."""
     n, d = grad.shape
     step = max(1, BLOCK // max(d, 1))
     nb = (n + step - 1) // step
@@ -702,12 +736,54 @@ def unit_sums(codes, grad, k, out):  # pragma: no cover - compiled
     for b in prange(nb):
         acc = part[b]
         c, g = codes[b * step : min(n, (b + 1) * step)], grad[b * step : min(n, (b + 1) * step)]
-        for i in range(c.size):
-            row = acc[c[i]]
-            gi = g[i]
-            for j in range(d):
-                row[j] += gi[j]
+        if d == 4:
+            for i in range(c.size):
+                ci = c[i]
+                acc[ci, 0] += g[i, 0]
+                acc[ci, 1] += g[i, 1]
+                acc[ci, 2] += g[i, 2]
+                acc[ci, 3] += g[i, 3]
+        else:
+            for i in range(c.size):
+                row = acc[c[i]]
+                gi = g[i]
+                for j in range(d):
+                    row[j] += gi[j]
     out[:] = _block_totals(part.reshape(nb, k * d)).reshape(k, d)
+
+
+@njit(cache=True, parallel=True)
+def gather_units(table, codes, keep, out):  # pragma: no cover - compiled
+    """out[i, :] = table[codes[i], :] × keep[i, :] (no mask when keep is 0×0): a product quantizer's forward,
+    what index_select and the mask product gave in two passes (100k units of 4: 215 → 65 µs). Returns True
+    when a code is beyond the table (out is then unspecified)."""
+    n, d = out.shape
+    k = table.shape[0]
+    masked = keep.shape[0] > 0
+    step = max(1, BLOCK // max(d, 1))
+    nb = (n + step - 1) // step
+    bad = np.zeros(nb, dtype=np.bool_)
+    for b in prange(nb):
+        c, o = codes[b * step : min(n, (b + 1) * step)], out[b * step : min(n, (b + 1) * step)]
+        for i in range(c.size):
+            ci = np.int64(c[i])
+            if ci >= k or ci < 0:
+                bad[b] = True
+                ci = 0
+            if d == 4:
+                o[i, 0] = table[ci, 0]
+                o[i, 1] = table[ci, 1]
+                o[i, 2] = table[ci, 2]
+                o[i, 3] = table[ci, 3]
+            else:
+                row, oi = table[ci], o[i]
+                for j in range(d):
+                    oi[j] = row[j]
+        if masked:
+            kb = keep[b * step : min(n, (b + 1) * step)]
+            for i in range(c.size):
+                _times_keep(o[i], kb[i])
+    return bad.any()
 
 
 @njit(cache=True, inline="always")

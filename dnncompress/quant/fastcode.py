@@ -176,13 +176,26 @@ def nearest_centroids(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor 
 
 def unit_sums(codes: torch.Tensor, grad: torch.Tensor, k: int) -> torch.Tensor:
     """(k, d): per code, the sum of the rows of `grad` (N×d) whose unit holds it (compiled when numba is there
-    and the layer is large; torch's index_add otherwise)."""
+    and the layer is large; torch's index_add otherwise). Codes uint8 (8× less to read) or any integer type."""
     kernels = compiled(grad.numel(), grad, least=QAT_COMPILED_FROM, per_step=True) if grad.dim() == 2 and codes.dim() == 1 else None
     if kernels is None:
         return torch.zeros(k, grad.shape[1], dtype=grad.dtype, device=grad.device).index_add_(0, codes.long(), grad)
     out = np.empty((k, grad.shape[1]), dtype=np.float32)
-    kernels.unit_sums(_np(codes.long()), _np(grad), k, out)
+    kernels.unit_sums(_np(codes if codes.dtype == torch.uint8 else codes.long()), _np(grad), k, out)
     return torch.from_numpy(out)
+
+
+def gather_units(table: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """table[codes] (N×d, one row of the k×d table per unit) × mask (N·d weights) in one compiled pass; None
+    where torch must run (no numba, a small layer, not float32 on the CPU). ValueError on a code beyond the table."""
+    n, d = codes.numel(), table.shape[1]
+    kernels = compiled(n * d, table, least=QAT_COMPILED_FROM, per_step=True) if table.dim() == 2 and codes.dim() == 1 else None
+    if kernels is None or (mask is not None and mask.numel() != n * d):
+        return None
+    out = torch.empty(n, d)
+    if kernels.gather_units(_np(table), _np(codes if codes.dtype == torch.uint8 else codes.long()), _keep(mask, (n, d)), out.numpy()):
+        raise ValueError("code out of range")
+    return out
 
 
 def gather_levels(levels: torch.Tensor, codes: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -117,9 +117,12 @@ class _WholeUnits(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, w, centroids, rounded, codes, counts, mask):
-        q = rounded.index_select(0, codes).reshape(w.shape)
-        if mask is not None:
-            q = q * as_bytes(mask)
+        q = fastcode.gather_units(rounded, codes, mask)
+        if q is None:
+            q = rounded.index_select(0, codes.long())
+            if mask is not None:
+                q = q * as_bytes(mask.reshape(q.shape))
+        q = q.reshape(w.shape)
         ctx.save_for_backward(codes, counts, mask)
         ctx.k = centroids.shape[0]
         return q.to(w.dtype)
@@ -159,6 +162,7 @@ class ProductQuantizer(Quantizer):
         self._steps = 0  # training forwards since the last re-assignment
         self._eval = None  # (weight, centroids, codes) of the last evaluation: reused while both are unchanged
         self._mask_cache = None
+        self._bytes_memo = None  # (an assignment, its codes as bytes)
 
     # ------------------------------------------------------------------ units
     def _dim(self, shape) -> int:
@@ -181,9 +185,9 @@ class ProductQuantizer(Quantizer):
             valid = mask.reshape(rows, -1).to(torch.bool) if mask is not None else torch.ones_like(flat, dtype=torch.bool)
             valid = _pad(valid, extra, False).reshape(-1, d)
             stored = valid.any(1)
-            self._mask_cache = (key, mask, valid, stored, bool(stored.all()))
+            self._mask_cache = (key, mask, valid, stored, bool(stored.all()), bool(valid.all()))
             self._train_codes = None  # a new mask (pruning moved): the stored units changed, so must the assignment
-        _, _, valid, stored, everything = self._mask_cache
+        _, _, valid, stored, everything, _ = self._mask_cache
         return x, valid, (None if everything else stored)
 
     @staticmethod
@@ -222,7 +226,7 @@ class ProductQuantizer(Quantizer):
         if self.training:  # counted here, not by a training-loop hook: any loop (the user's own too) re-assigns
             if self._train_codes is None or self._steps >= self.options["reassign_every"] or self._train_codes.numel() != xs.shape[0]:
                 self._train_codes = assign(xs, vs, c)
-                self._counts = unit_sums(self._train_codes, vs.to(c.dtype), c.shape[0]).to(c)  # whole counts: exact either way
+                self._counts = self._kept_counts(self._train_codes, vs, c.shape[0]).to(c)
                 self._steps = 0
             self._steps += 1
             return self._train_codes
@@ -232,6 +236,22 @@ class ProductQuantizer(Quantizer):
         self._eval = (weight.detach().clone(), c, codes)
         return codes
 
+    def _kept_counts(self, codes, valid, k: int) -> torch.Tensor:
+        """Kept entries per centroid and coordinate (k×d) under an assignment; whole numbers, so exact either way:
+        with every entry kept (no mask, no padding), each unit's count per coordinate (one bincount, not a pass
+        over N×d ones)."""
+        if self._mask_cache[5]:
+            return torch.bincount(codes, minlength=k).unsqueeze(1).expand(k, valid.shape[1]).contiguous()
+        return unit_sums(codes, valid.to(torch.float32), k)
+
+    def _code_bytes(self, codes: torch.Tensor) -> torch.Tensor:
+        """An assignment as bytes (at most 256 centroids: bits ≤ 8), made once per assignment: the compiled gather
+        and gradient read 8× less than int64 codes."""
+        memo = self._bytes_memo
+        if memo is None or memo[0] is not codes:
+            memo = self._bytes_memo = (codes, codes.to(torch.uint8))
+        return memo[1]
+
     def forward(self, w, mask=None):
         if not self.fitted:
             self.fit(w, mask)
@@ -239,7 +259,7 @@ class ProductQuantizer(Quantizer):
         codes = self._codes(x, valid, stored, w.detach())
         counts = self._counts if self.training and self.options["grad"] == "mean" else torch.zeros(0)
         if fastcode.USE_COMPILED and stored is None and x.shape[0] * x.shape[1] == w.numel() and (mask is None or mask.dtype == torch.bool):
-            return _WholeUnits.apply(w, self.centroids, self._rounded(), codes, counts, mask)
+            return _WholeUnits.apply(w, self.centroids, self._rounded(), self._code_bytes(codes), counts, mask)
         picked = _Pick.apply(self.centroids, self._rounded(), codes, counts)  # value on the table grid, gradient to the centroids
         if stored is None:
             units = picked
