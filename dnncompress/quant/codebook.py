@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from ..errors import UserError
 from .base import SCHEMES, ScalarQuantizer, StraightThrough, check_table, midpoints
-from .fastcode import as_bytes, count_below, gather_levels, level_sums, table_forward
+from .fastcode import as_bytes, count_below, gather_levels, level_sums, table_forward, trained_table_forward
 from .kmeans import kmeans_1d, lloyd_sorted
 
 
@@ -151,9 +151,9 @@ class Codebook(ScalarQuantizer):
         trained = isinstance(self.levels, nn.Parameter) and torch.is_grad_enabled() and w.device.type == "cpu"
         fast = self._trained_forward(w, mask) if trained else None
         codes = fast[1].reshape(w.shape) if fast is not None else self.encode_bytes(w)
-        if self.training:
-            self._last_codes = codes.detach()
-            self._last_rows = (w.detach(), mask)
+        if self.training:  # plain attributes, set past nn.Module.__setattr__ (microseconds a call, every step)
+            self.__dict__["_last_codes"] = codes.detach()
+            self.__dict__["_last_rows"] = (w.detach(), mask)
         if trained:
             # one node: compiled codes and values in one pass, per-value gradient sums (measured on CPU only; a GPU keeps torch's gather)
             return _TrainedLookup.apply(w, self.levels, codes, mask, fast[0].reshape(w.shape) if fast is not None else None)
@@ -180,11 +180,16 @@ class Codebook(ScalarQuantizer):
         return None if thresholds is None else (levels, thresholds)
 
     def _trained_forward(self, w, mask):
-        """(q, codes) of a trained table in one compiled pass; None where the table is out of order or the pass cannot run."""
+        """(q, codes) of a trained table in one compiled pass; None where the table is out of order or the pass cannot run.
+        Up to 16 values, the pass makes the thresholds itself."""
+        rows = w.detach().reshape(1, -1).float()
+        fast = trained_table_forward(rows, self.levels.detach(), mask)
+        if fast is not None:
+            return fast
         table = self._ordered_table()
         if table is None:
             return None
-        return table_forward(w.detach().reshape(1, -1).float(), table[0].float(), table[1].float(), mask, with_codes=True)
+        return table_forward(rows, table[0].float(), table[1].float(), mask, with_codes=True)
 
     def _static_forward(self, w, mask):
         """decode(encode(w)) × mask in one compiled pass; None where the two-step path must run (no numba, a

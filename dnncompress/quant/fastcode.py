@@ -150,6 +150,22 @@ def table_forward(rows: torch.Tensor, levels: torch.Tensor, thresholds: torch.Te
     return (q, codes) if with_codes else q
 
 
+def trained_table_forward(rows: torch.Tensor, levels: torch.Tensor, mask: torch.Tensor | None):
+    """table_forward(rows, levels, midpoints(levels), mask, with_codes=True) for a trained table of up to 16 values
+    (1×L, ascending), its thresholds made inside the compiled pass. None where that pass does not run: no numba,
+    a wider table, or values that crossed (the caller then goes the long way)."""
+    if levels.dim() != 2 or levels.shape[0] != 1 or not 2 <= levels.shape[1] <= 16 or rows.dim() != 2:
+        return None
+    kernels = compiled(rows.numel(), rows, levels, least=QAT_COMPILED_FROM, per_step=True)
+    if kernels is None:
+        return None
+    q = torch.empty(rows.shape)
+    codes = torch.empty(rows.shape, dtype=torch.uint8)
+    if not kernels.trained_fake_quantize(_np(rows), _keep(mask, rows.shape), _np(levels), q.numpy(), codes.numpy()):
+        return None
+    return q, codes
+
+
 def level_sums(codes: torch.Tensor, grad: torch.Tensor, levels: int) -> torch.Tensor:
     """(levels,) float32: the sum of `grad` over the positions holding each code (compiled when numba is
     there and the layer is large; torch's index_add otherwise)."""
