@@ -453,11 +453,12 @@ def test_compiled_unit_gather_and_sums_equal_torch(d):
     """pq's compiled forward gather (times the mask) and centroid sums, with byte or int64 codes, against index_select
     and index_add: the same values bit for bit, signs of masked zeros included; a code beyond the table is refused."""
     g = torch.Generator().manual_seed(d)
+    n = fastcode.UNITS_COMPILED_FROM + 5
     table = torch.randn(200, d, generator=g)
-    codes = torch.randint(0, 200, (3000,), generator=g)
-    mask = torch.rand(3000 * d, generator=g) > 0.4
-    grad = torch.randn(3000, d, generator=g)
-    want = table.index_select(0, codes) * mask.reshape(3000, d).view(torch.uint8)
+    codes = torch.randint(0, 200, (n,), generator=g)
+    mask = torch.rand(n * d, generator=g) > 0.4
+    grad = torch.randn(n, d, generator=g)
+    want = table.index_select(0, codes) * mask.reshape(n, d).view(torch.uint8)
     sums = torch.zeros(200, d, dtype=torch.float64).index_add_(0, codes, grad.double()).float()
     for c in (codes, codes.to(torch.uint8)):
         got = fastcode.gather_units(table, c, mask)
@@ -466,6 +467,7 @@ def test_compiled_unit_gather_and_sums_equal_torch(d):
         assert torch.allclose(fastcode.unit_sums(c, grad, 200), sums, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="out of range"):
         fastcode.gather_units(table[:100], codes, None)
+    assert fastcode.gather_units(table, codes[: fastcode.UNITS_COMPILED_FROM - 1], None) is None  # few units: torch's gather
 
 
 @pytest.mark.parametrize("mode", ["static", "dynamic"])

@@ -220,8 +220,8 @@ class ProductQuantizer(Quantizer):
         self.fitted = True
         self._train_codes = self._eval = None
 
-    def _codes(self, x, valid, stored, weight) -> torch.Tensor:
-        c = self._rounded()
+    def _codes(self, x, valid, stored, weight, c: torch.Tensor) -> torch.Tensor:
+        """The assignment this forward uses, against the rounded centroids `c`."""
         xs, vs = self._select(x, stored), self._select(valid, stored)
         if self.training:  # counted here, not by a training-loop hook: any loop (the user's own too) re-assigns
             if self._train_codes is None or self._steps >= self.options["reassign_every"] or self._train_codes.numel() != xs.shape[0]:
@@ -256,11 +256,12 @@ class ProductQuantizer(Quantizer):
         if not self.fitted:
             self.fit(w, mask)
         x, valid, stored = self._units(w.detach().float(), mask)
-        codes = self._codes(x, valid, stored, w.detach())
+        rounded = self._rounded()
+        codes = self._codes(x, valid, stored, w.detach(), rounded)
         counts = self._counts if self.training and self.options["grad"] == "mean" else torch.zeros(0)
         if fastcode.USE_COMPILED and stored is None and x.shape[0] * x.shape[1] == w.numel() and (mask is None or mask.dtype == torch.bool):
-            return _WholeUnits.apply(w, self.centroids, self._rounded(), self._code_bytes(codes), counts, mask)
-        picked = _Pick.apply(self.centroids, self._rounded(), codes, counts)  # value on the table grid, gradient to the centroids
+            return _WholeUnits.apply(w, self.centroids, rounded, self._code_bytes(codes), counts, mask)
+        picked = _Pick.apply(self.centroids, rounded, codes, counts)  # value on the table grid, gradient to the centroids
         if stored is None:
             units = picked
         else:
