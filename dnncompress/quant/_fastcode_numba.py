@@ -80,12 +80,15 @@ def count_passes(values, thresholds, out):  # pragma: no cover - compiled
 
 @njit(cache=True, inline="always")
 def _count_block(src, th, dst):  # pragma: no cover - compiled
-    """dst[j] = #{k : th[k] < src[j]}, one vectorized comparison pass per threshold."""
-    dst[:] = 0
-    for k in range(th.size):
-        x = th[k]
-        for j in range(src.size):
-            dst[j] += np.uint8(x < src[j])
+    """dst[j] = #{k : th[k] < src[j]}, one vectorized comparison pass per threshold, over PASS_VALUES values at a
+    time, so that the passes re-read them from L1 (4-bit, 400k weights: 251 → 184 µs in the QAT forward)."""
+    for p0 in range(0, src.size, PASS_VALUES):
+        part, c = src[p0 : p0 + PASS_VALUES], dst[p0 : p0 + PASS_VALUES]
+        c[:] = 0
+        for k in range(th.size):
+            x = th[k]
+            for j in range(part.size):
+                c[j] += np.uint8(x < part[j])
 
 
 @njit(cache=True, parallel=True)
@@ -584,16 +587,10 @@ def _table_block(src, th, lv, t, top, dst, codes):  # pragma: no cover - compile
     with +inf to top − 1 entries) done step by step across the whole block, so the loads are independent (one
     weight at a time mispredicts every step: 5× slower)."""
     m = src.size
-    if t <= 15:  # in pieces of PASS_VALUES, so that the passes re-read them from L1 (4-bit, 400k weights: 251 → 184 µs)
-        for p0 in range(0, m, PASS_VALUES):
-            part, c, out = src[p0 : p0 + PASS_VALUES], codes[p0 : p0 + PASS_VALUES], dst[p0 : p0 + PASS_VALUES]
-            c[:] = 0
-            for k in range(t):
-                x = th[k]
-                for j in range(part.size):
-                    c[j] += np.uint8(x < part[j])
-            for j in range(part.size):
-                out[j] = lv[c[j]]
+    if t <= 15:
+        _count_block(src, th[:t], codes)
+        for j in range(m):
+            dst[j] = lv[codes[j]]
         return
     c = np.zeros(m, dtype=np.int32)
     step = top >> 1
