@@ -689,6 +689,18 @@ def level_sums(codes, grad, levels, out):  # pragma: no cover - compiled
 UNITS = 256  # units per parallel work item of nearest_centroids
 
 
+@njit(cache=True, inline="always")
+def _add_four(score, fc, xt, j0, cn, first):  # pragma: no cover - compiled
+    """score[i] (cn instead when `first`) + fc[j]·xt[j, i] for j = j0 … j0 + 3, added one coordinate after another."""
+    a0, a1, a2, a3 = fc[j0], fc[j0 + 1], fc[j0 + 2], fc[j0 + 3]
+    r0, r1, r2, r3 = xt[j0], xt[j0 + 1], xt[j0 + 2], xt[j0 + 3]
+    for i in range(score.size):
+        s = (cn if first else score[i]) + a0 * r0[i]
+        s = s + a1 * r1[i]
+        s = s + a2 * r2[i]
+        score[i] = s + a3 * r3[i]
+
+
 @njit(cache=True, parallel=True)
 def nearest_centroids(x, centroids, c_norm, out):  # pragma: no cover - compiled
     """out[i] = argmin_k c_norm[k] − 2·x[i]·centroids[k], the lowest k on a tie (pq.assign's rule: the nearest
@@ -720,30 +732,14 @@ def nearest_centroids(x, centroids, c_norm, out):  # pragma: no cover - compiled
         pick = np.zeros(m, dtype=np.int32)
         score = np.empty(m, dtype=np.float32)
         for c in range(k):
-            fc = f[c]
-            cn = c_norm[c]
-            if last:
-                a0, a1, a2, a3 = fc[0], fc[1], fc[2], fc[3]
-                r0, r1, r2, r3 = xt[0], xt[1], xt[2], xt[3]
-                for i in range(m):
-                    s = cn + a0 * r0[i]
-                    s = s + a1 * r1[i]
-                    s = s + a2 * r2[i]
-                    score[i] = s + a3 * r3[i]
-                for j0 in range(4, last, 4):
-                    a0, a1, a2, a3 = fc[j0], fc[j0 + 1], fc[j0 + 2], fc[j0 + 3]
-                    r0, r1, r2, r3 = xt[j0], xt[j0 + 1], xt[j0 + 2], xt[j0 + 3]
-                    for i in range(m):
-                        s = score[i] + a0 * r0[i]
-                        s = s + a1 * r1[i]
-                        s = s + a2 * r2[i]
-                        score[i] = s + a3 * r3[i]
-            else:
-                for i in range(m):
-                    score[i] = cn
+            fc, cn = f[c], c_norm[c]
+            for j0 in range(0, last, 4):
+                _add_four(score, fc, xt, j0, cn, j0 == 0)
+            if not last:
+                score[:] = cn
             a0, a1, a2, a3 = fc[last], fc[last + 1], fc[last + 2], fc[last + 3]
             r0, r1, r2, r3 = xt[last], xt[last + 1], xt[last + 2], xt[last + 3]
-            for i in range(m):
+            for i in range(m):  # the last four coordinates and the comparison in one pass
                 s = score[i] + a0 * r0[i]
                 s = s + a1 * r1[i]
                 s = s + a2 * r2[i]
