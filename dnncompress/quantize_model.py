@@ -14,7 +14,7 @@ from . import tune as tuning
 from .calibrate import calibrate
 from .errors import UserError
 from .quant import make_quantizer
-from .surgery import attach, check_layer_patterns, compressible_layers, compression_of, shadow_weight
+from .surgery import attach, check_layer_patterns, compressible_layers, compression_of, shadow_weight, sweep_before_forward
 
 
 def _options_for(name: str, base: dict, overrides: dict | None) -> dict:
@@ -99,6 +99,7 @@ def quantize(
     if batches is not None:
         errors = {r.pop("layer"): r for r in calibrate(model, batches, **(calibration_options or {}))}
     tuned = tuning.tune(model, chunks, targets, tune_epochs, tune_lr, progress=progress) if tune_epochs else {}
+    sweep_before_forward(model)
     return Summary([{**layer_summary(name, layers[name]), **errors.get(name, {})} for name in quantized], tuned)
 
 

@@ -38,11 +38,29 @@ class CompressedWeight(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        if self.mask is not None:
-            w = w * self.mask.view(torch.uint8)  # uint8 arithmetic: several times faster than bool (quant/fastcode.py)
+        swept = self.__dict__.pop("_swept", None)
+        if swept is not None and swept[0] is w and swept[1] == w._version:  # computed by sweep() for this use
+            return swept[2]
+        return self.compute(w)
+
+    def compute(self, w: torch.Tensor) -> torch.Tensor:
+        mask = self.mask
+        if mask is not None:
+            w = w * mask.view(torch.uint8)  # uint8 arithmetic: several times faster than bool (quant/fastcode.py)
         if self.quantizer is not None:
-            w = self.quantizer(w, self.mask)
+            w = self.quantizer(w, mask)
         return w
+
+    def sweep(self, w: torch.Tensor) -> None:
+        """Compute the weight of `w` (the layer's shadow weight) now; the layer's next use takes it, while `w` is
+        unchanged since (its version counter: an optimizer step moves it). See sweep_before_forward."""
+        self.__dict__["_swept"] = (w, w._version, self.compute(w))
+
+    def __getstate__(self):
+        """deepcopy leaves out a swept weight (a graph's output, which it cannot copy)."""
+        state = super().__getstate__()
+        state.pop("_swept", None)
+        return state
 
 
 def compressible_layers(model: nn.Module, include: Iterable[str] = ("*",), exclude: Iterable[str] = ()) -> dict[str, nn.Module]:
@@ -93,18 +111,71 @@ def compression_of(module: nn.Module) -> CompressedWeight | None:
     return None
 
 
+_ATTACHED = [0]  # how many weights attach() has given a CompressedWeight: a sweep's list of layers is kept until it moves
+
+
 def attach(module: nn.Module, mask: torch.Tensor | None = None, quantizer: nn.Module | None = None) -> CompressedWeight:
     """Give `module.weight` a CompressedWeight (or update the one it has)."""
     comp = compression_of(module)
     if comp is None:
         comp = CompressedWeight(mask, quantizer)
         parametrize.register_parametrization(module, "weight", comp, unsafe=True)
+        _ATTACHED[0] += 1
         return comp
     if mask is not None:
         comp.mask = mask.to(torch.bool).to(comp.mask.device if comp.mask is not None else mask.device)
     if quantizer is not None:
         comp.quantizer = quantizer
     return comp
+
+
+def sweep_before_forward(model: nn.Module) -> nn.Module:
+    """Make each training forward of `model` (training mode, gradients on) compute every compressed weight first,
+    one after another, each layer then taking its own when it runs. A layer's quantizer otherwise starts cold,
+    after the layers before it and the last step's backward and optimizer have pushed its code and tables out of
+    the caches: on LeNet-5 at batch 32 a layer's first call took about three times what a second call right after
+    took (pq conv1 161 against 59 µs), and sweeping took 0.01–0.05 off the QAT/fp32 step ratio. The values and
+    gradients are the same. Inference (eval mode or no_grad) computes one weight at a time as before: no extra
+    copies held. Installed once per module (two forward hooks, which deepcopy keeps); returns `model`."""
+    if not model.__dict__.get("_dnncompress_sweep"):
+        model.register_forward_pre_hook(_sweep_in)
+        model.register_forward_hook(_sweep_out, always_call=True)
+        model.__dict__["_dnncompress_sweep"] = True
+    return model
+
+
+def _swept_weights(model: nn.Module) -> list[tuple[nn.Module, CompressedWeight]]:
+    """(layer, its CompressedWeight) for every layer of `model` whose weight is that alone, listed once and kept on
+    the model while attach() has added none anywhere (a layer compressed later is computed when it runs until
+    then: slower, never wrong). A copy of the model (another id) lists its own."""
+    kept = model.__dict__.get("_dnncompress_layers")
+    key = (id(model), _ATTACHED[0])
+    if kept is None or kept[0] != key:
+        pairs = []
+        for m in model.modules():
+            if parametrize.is_parametrized(m, "weight") and len(m.parametrizations["weight"]) == 1:
+                comp = m.parametrizations["weight"][0]
+                if isinstance(comp, CompressedWeight):
+                    pairs.append((m, comp))
+        kept = (key, pairs)
+        model.__dict__["_dnncompress_layers"] = kept
+    return kept[1]
+
+
+def _sweep_in(model: nn.Module, args) -> None:
+    """Forward pre-hook: drop what an interrupted forward left, then in a training forward compute every weight."""
+    pairs = _swept_weights(model)
+    for _, comp in pairs:
+        comp.__dict__.pop("_swept", None)
+    if model.training and torch.is_grad_enabled():
+        for layer, comp in pairs:
+            comp.sweep(layer.parametrizations["weight"].original)
+
+
+def _sweep_out(model: nn.Module, args, output) -> None:
+    """Forward hook (also when the forward raised): drop the weights no layer took (a branch this forward skipped)."""
+    for _, comp in _swept_weights(model):
+        comp.__dict__.pop("_swept", None)
 
 
 def weight_key(layer: str) -> str:
@@ -198,6 +269,7 @@ def model_from_checkpoint(ckpt: dict, with_compression: bool = True, model: nn.M
             if name in quant:
                 quantizer = quantizer_from_state(quant[name])
             attach(modules[name], ckpt.get("masks", {}).get(name), quantizer)
+        sweep_before_forward(model)
     return model
 
 

@@ -161,7 +161,7 @@ def prune(model: nn.Module, sparsity: float = 0.9, scope: str = "global", includ
     """Magnitude-prune every Conv/Linear (any 2-D+ weight) of any nn.Module; returns per-layer counts.
     `block` (an int, or {pattern: int}) prunes runs of that many contiguous weights of a row together.
     Global by default: one threshold over all layers spares the small, sensitive ones."""
-    from ..surgery import check_layer_patterns, compressible_layers
+    from ..surgery import check_layer_patterns, compressible_layers, sweep_before_forward
 
     check_sparsity(sparsity)
     check_layer_patterns(model, include, exclude, overrides, block)
@@ -171,6 +171,7 @@ def prune(model: nn.Module, sparsity: float = 0.9, scope: str = "global", includ
     targets = layer_sparsities(layers, sparsity, overrides)
     masks = magnitude_masks(layers, targets, scope, block, pinned=overridden(layers, overrides))
     apply_masks(layers, masks)
+    sweep_before_forward(model)
     return mask_summary(masks)
 
 
