@@ -8,6 +8,8 @@ shadow weight through the straight-through estimator. This works for every modul
 from __future__ import annotations
 
 import fnmatch
+import threading
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
@@ -162,19 +164,49 @@ def _swept_weights(model: nn.Module) -> list[tuple[nn.Module, CompressedWeight]]
     return kept[1]
 
 
+_SWEEPING = threading.local()  # .comps: the CompressedWeights swept by forwards of this thread that have not ended
+
+
+def _in_progress() -> weakref.WeakSet:
+    comps = getattr(_SWEEPING, "comps", None)
+    if comps is None:
+        comps = _SWEEPING.comps = weakref.WeakSet()
+    return comps
+
+
 def _sweep_in(model: nn.Module, args) -> None:
-    """Forward pre-hook: drop what an interrupted forward left, then in a training forward compute every weight."""
-    pairs = _swept_weights(model)
-    for _, comp in pairs:
-        comp.__dict__.pop("_swept", None)
+    """Forward pre-hook: in a training forward, compute every weight of the model that no enclosing model's forward
+    (a model holding this one, quantized too) has computed already. First undo what a forward of this model that
+    never ended (an interrupt inside it) left."""
+    stack = model.__dict__.setdefault("_dnncompress_swept", [])
+    while stack:
+        _end_sweep(stack.pop())
+    mine = []
     if model.training and torch.is_grad_enabled():
-        for layer, comp in pairs:
-            comp.sweep(layer.parametrizations["weight"].original)
+        busy = _in_progress()
+        try:
+            for layer, comp in _swept_weights(model):
+                if comp not in busy:
+                    busy.add(comp)
+                    mine.append(comp)
+                    comp.sweep(layer.parametrizations["weight"].original)
+        except BaseException:
+            _end_sweep(mine)
+            raise
+    stack.append(mine)
 
 
 def _sweep_out(model: nn.Module, args, output) -> None:
-    """Forward hook (also when the forward raised): drop the weights no layer took (a branch this forward skipped)."""
-    for _, comp in _swept_weights(model):
+    """Forward hook (also when the forward raised): drop what this forward swept and no layer took (a skipped branch)."""
+    stack = model.__dict__.get("_dnncompress_swept")
+    if stack:
+        _end_sweep(stack.pop())
+
+
+def _end_sweep(comps: list) -> None:
+    busy = _in_progress()
+    for comp in comps:
+        busy.discard(comp)
         comp.__dict__.pop("_swept", None)
 
 

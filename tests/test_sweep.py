@@ -110,3 +110,23 @@ def test_a_copy_sweeps_its_own_layers_and_install_is_once():
     surgery._sweep_out(twin, (), None)
     hooks = len(model._forward_pre_hooks), len(model._forward_hooks)
     assert sweep_before_forward(model) is model and (len(model._forward_pre_hooks), len(model._forward_hooks)) == hooks
+
+
+def test_a_quantized_model_inside_another_is_swept_once(monkeypatch):
+    """quantize() on a model and again on a part of it (another scheme for the head): both have the hooks, and
+    each weight is still computed once per training forward (a second time would step a table's refit twice)."""
+    torch.manual_seed(0)
+    head = nn.Sequential(nn.Linear(40, 20), nn.ReLU(), nn.Linear(20, 10))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 40), nn.ReLU(), head).train()
+    dnncompress.quantize(model, scheme="fourval")
+    dnncompress.quantize(head, scheme="codebook", bits=3)
+    assert head._forward_pre_hooks and model._forward_pre_hooks
+    computed = []
+    compute = surgery.CompressedWeight.compute
+    monkeypatch.setattr(surgery.CompressedWeight, "compute", lambda self, w: computed.append(self) or compute(self, w))
+    model(torch.randn(2, 1, 8, 8))
+    assert sorted(map(id, computed)) == sorted(id(compression_of(m)) for m in (model[1], head[0], head[2]))
+    computed.clear()
+    head(torch.randn(2, 40))  # the head alone sweeps its own
+    assert sorted(map(id, computed)) == sorted(id(compression_of(m)) for m in (head[0], head[2]))
+    assert not any("_swept" in m.__dict__ for m in model.modules())
