@@ -186,14 +186,26 @@ def _sweep_in(model: nn.Module, args) -> None:
         busy = _in_progress()
         try:
             for layer, comp in _swept_weights(model):
-                if comp not in busy:
+                shadow = _shadow_of(layer, comp)
+                if shadow is None:  # its compression was taken off or replaced since the list was made
+                    model.__dict__.pop("_dnncompress_layers", None)
+                elif comp not in busy:
                     busy.add(comp)
                     mine.append(comp)
-                    comp.sweep(layer.parametrizations["weight"].original)
+                    comp.sweep(shadow)
         except BaseException:
             _end_sweep(mine)
             raise
     stack.append(mine)
+
+
+def _shadow_of(layer: nn.Module, comp: CompressedWeight) -> torch.Tensor | None:
+    """The shadow weight `comp` computes `layer.weight` from, or None where comp no longer does."""
+    plist = layer._modules.get("parametrizations")
+    entry = plist._modules.get("weight") if plist is not None else None
+    if entry is None or len(entry) != 1 or entry[0] is not comp:
+        return None
+    return entry.original
 
 
 def _sweep_out(model: nn.Module, args, output) -> None:

@@ -130,3 +130,17 @@ def test_a_quantized_model_inside_another_is_swept_once(monkeypatch):
     head(torch.randn(2, 40))  # the head alone sweeps its own
     assert sorted(map(id, computed)) == sorted(id(compression_of(m)) for m in (head[0], head[2]))
     assert not any("_swept" in m.__dict__ for m in model.modules())
+
+
+def test_a_layer_whose_compression_was_taken_off_is_skipped():
+    """parametrize.remove_parametrizations on one layer after the list of layers was made: training goes on, the
+    others are still swept."""
+    from torch.nn.utils import parametrize
+
+    model = _model({"scheme": "fourval"})
+    model(torch.randn(2, 1, 8, 8))  # the list of layers is made
+    parametrize.remove_parametrizations(model[3], "weight", leave_parametrized=True)
+    surgery._sweep_in(model, ())
+    assert "_swept" in compression_of(model[0]).__dict__ and "_swept" in compression_of(model[5]).__dict__
+    surgery._sweep_out(model, (), None)
+    _steps(model, 2)
