@@ -178,7 +178,7 @@ def _sweep_in(model: nn.Module, args) -> None:
     """Forward pre-hook: in a training forward, compute every weight of the model that no enclosing model's forward
     (a model holding this one, quantized too) has computed already. First undo what a forward of this model that
     never ended (an interrupt inside it) left."""
-    stack = model.__dict__.setdefault("_dnncompress_swept", [])
+    stack = _sweep_stack(model)
     while stack:
         _end_sweep(stack.pop())
     mine = []
@@ -210,9 +210,18 @@ def _shadow_of(layer: nn.Module, comp: CompressedWeight) -> torch.Tensor | None:
 
 def _sweep_out(model: nn.Module, args, output) -> None:
     """Forward hook (also when the forward raised): drop what this forward swept and no layer took (a skipped branch)."""
-    stack = model.__dict__.get("_dnncompress_swept")
+    stack = _sweep_stack(model)
     if stack:
         _end_sweep(stack.pop())
+
+
+def _sweep_stack(model: nn.Module) -> list:
+    """This model's sweeps not yet ended, one list of CompressedWeights each. Kept with the model's id: a copy made
+    by copying __dict__ (DataParallel's replicas, which run in threads of their own) starts its own."""
+    kept = model.__dict__.get("_dnncompress_swept")
+    if kept is None or kept[0] != id(model):
+        kept = model.__dict__["_dnncompress_swept"] = (id(model), [])
+    return kept[1]
 
 
 def _end_sweep(comps: list) -> None:

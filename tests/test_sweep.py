@@ -144,3 +144,16 @@ def test_a_layer_whose_compression_was_taken_off_is_skipped():
     assert "_swept" in compression_of(model[0]).__dict__ and "_swept" in compression_of(model[5]).__dict__
     surgery._sweep_out(model, (), None)
     _steps(model, 2)
+
+
+def test_a_replica_sharing_the_models_dict_keeps_its_own_sweeps():
+    """DataParallel's replicas copy the module's __dict__ and run in threads of their own: a replica's forward must
+    not end the original's sweep (nor the other way round)."""
+    model = _model({"scheme": "fourval"})
+    replica = model.__new__(type(model))
+    replica.__dict__ = model.__dict__.copy()
+    surgery._sweep_in(model, ())
+    surgery._sweep_out(replica, (), None)  # nothing of the replica's to end
+    assert "_swept" in compression_of(model[0]).__dict__
+    surgery._sweep_out(model, (), None)
+    assert "_swept" not in compression_of(model[0]).__dict__
