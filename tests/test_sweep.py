@@ -150,6 +150,7 @@ def test_a_replica_sharing_the_models_dict_keeps_its_own_sweeps():
     """DataParallel's replicas copy the module's __dict__ and run in threads of their own: a replica's forward must
     not end the original's sweep (nor the other way round)."""
     model = _model({"scheme": "fourval"})
+    model(torch.randn(2, 1, 8, 8))  # the model's own records exist before the copy, as in a training run
     replica = model.__new__(type(model))
     replica.__dict__ = model.__dict__.copy()
     surgery._sweep_in(model, ())
