@@ -136,7 +136,8 @@ def sweep_before_forward(model: nn.Module) -> nn.Module:
     one after another, each layer then taking its own when it runs. A layer's quantizer otherwise starts cold,
     after the layers before it and the last step's backward and optimizer have pushed its code and tables out of
     the caches: on LeNet-5 at batch 32 a layer's first call took about three times what a second call right after
-    took (pq conv1 161 against 59 µs), and sweeping took 0.01–0.05 off the QAT/fp32 step ratio. The values and
+    took (pq conv1 161 against 59 µs); sweeping took 0.005–0.03 off the QAT/fp32 step ratio of the codebook and pq
+    schemes, −0.001–0.03 off fourval's (benchmarks/sweep_ab.py, three runs). The values and
     gradients are the same. Inference (eval mode or no_grad) computes one weight at a time as before: no extra
     copies held. Installed once per module (two forward hooks, which deepcopy keeps); returns `model`."""
     if not model.__dict__.get("_dnncompress_sweep"):
