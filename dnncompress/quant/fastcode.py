@@ -199,8 +199,13 @@ def unit_sums(codes: torch.Tensor, grad: torch.Tensor, k: int) -> torch.Tensor:
     if kernels is None:
         return torch.zeros(k, grad.shape[1], dtype=grad.dtype, device=grad.device).index_add_(0, codes.long(), grad)
     out = np.empty((k, grad.shape[1]), dtype=np.float32)
-    kernels.unit_sums(_np(codes if codes.dtype == torch.uint8 else codes.long()), _np(grad), k, out)
+    kernels.unit_sums(_unit_codes(codes), _np(grad), k, out)
     return torch.from_numpy(out)
+
+
+def _unit_codes(codes: torch.Tensor) -> np.ndarray:
+    """pq's codes for its kernels: bytes as they are (8× less to read than int64), any other integer type as int64."""
+    return _np(codes if codes.dtype == torch.uint8 else codes.long())
 
 
 def gather_units(table: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -211,7 +216,7 @@ def gather_units(table: torch.Tensor, codes: torch.Tensor, mask: torch.Tensor | 
     if kernels is None or (mask is not None and mask.numel() != n * d):
         return None
     out = torch.empty(n, d)
-    if kernels.gather_units(_np(table), _np(codes if codes.dtype == torch.uint8 else codes.long()), _keep(mask, (n, d)), out.numpy()):
+    if kernels.gather_units(_np(table), _unit_codes(codes), _keep(mask, (n, d)), out.numpy()):
         raise ValueError("code out of range")
     return out
 

@@ -185,9 +185,9 @@ class ProductQuantizer(Quantizer):
             valid = mask.reshape(rows, -1).to(torch.bool) if mask is not None else torch.ones_like(flat, dtype=torch.bool)
             valid = _pad(valid, extra, False).reshape(-1, d)
             stored = valid.any(1)
-            self._mask_cache = (key, mask, valid, stored, bool(stored.all()), bool(valid.all()))
+            self._mask_cache = (key, mask, valid, stored, bool(stored.all()))
             self._train_codes = None  # a new mask (pruning moved): the stored units changed, so must the assignment
-        _, _, valid, stored, everything, _ = self._mask_cache
+        _, _, valid, stored, everything = self._mask_cache
         return x, valid, (None if everything else stored)
 
     @staticmethod
@@ -239,8 +239,8 @@ class ProductQuantizer(Quantizer):
     def _kept_counts(self, codes, valid, k: int) -> torch.Tensor:
         """Kept entries per centroid and coordinate (k×d) under an assignment; whole numbers, so exact either way:
         with every entry kept (no mask, no padding), each unit's count per coordinate (one bincount, not a pass
-        over N×d ones)."""
-        if self._mask_cache[5]:
+        over N×d ones). Once per assignment, so `valid` is checked here rather than kept."""
+        if bool(valid.all()):
             return torch.bincount(codes, minlength=k).unsqueeze(1).expand(k, valid.shape[1]).contiguous()
         return unit_sums(codes, valid.to(torch.float32), k)
 
