@@ -154,12 +154,7 @@ def _swept_weights(model: nn.Module) -> list[tuple[nn.Module, CompressedWeight]]
     kept = model.__dict__.get("_dnncompress_layers")
     key = (id(model), _ATTACHED[0])
     if kept is None or kept[0] != key:
-        pairs = []
-        for m in model.modules():
-            if parametrize.is_parametrized(m, "weight") and len(m.parametrizations["weight"]) == 1:
-                comp = m.parametrizations["weight"][0]
-                if isinstance(comp, CompressedWeight):
-                    pairs.append((m, comp))
+        pairs = [(m, comp) for m in model.modules() if (comp := compression_of(m)) is not None and _shadow_of(m, comp) is not None]
         kept = (key, pairs)
         model.__dict__["_dnncompress_layers"] = kept
     return kept[1]
