@@ -368,6 +368,51 @@ def test_decoding_still_packed_codes_equals_unpack_then_gather(bits, n):
 
 
 @needs_numba
+@pytest.mark.parametrize("rows, cols, per_channel", [(64, 1024, False), (64, 1024, True), (3, 5461, False), (7, 9001, True), (1, 4099, True)])
+def test_fourval_packed_storage_is_the_codes_then_bitpack(rows, cols, per_channel):
+    """storage_packed's words are storage()'s codes through bitpack.pack, bit for bit: weights on ±1.5α, at ±0 and
+    far out, a last byte of 1–3 codes, and a table per row (rows of whole bytes; others take the plain path)."""
+    from dnncompress.pack import bitpack
+
+    g = torch.Generator().manual_seed(rows + cols)
+    w = torch.randn(rows, cols, generator=g) * 0.05
+    qz = make_quantizer("fourval", per_channel=per_channel).fit(w).eval()
+    big = qz.thresholds[:, 2:3].expand(rows, 1)
+    w[:, :6] = torch.cat([big, -big, big.nextafter(torch.zeros_like(big)), -big.nextafter(torch.zeros_like(big)),
+                          torch.full_like(big, -0.0), torch.full_like(big, 1e30)], 1)
+    st = qz.storage_packed(w)
+    if per_channel and cols % 4 and rows > 1:
+        assert st is None
+        return
+    ref = qz.storage(w)
+    assert st.codes is None and st.units == ref.units == w.numel() and st.meta == ref.meta
+    assert st.tables.keys() == ref.tables.keys() and all(torch.equal(st.tables[k], ref.tables[k]) for k in st.tables)
+    assert np.array_equal(st.words, bitpack.pack(ref.codes.numpy(), 2))
+
+
+@needs_numba
+@pytest.mark.parametrize("scheme, options", [("fourval", {}), ("fourval", {"per_channel": True})], ids=str)
+def test_a_scheme_packing_its_own_codes_writes_the_same_file(scheme, options, tmp_path, monkeypatch):
+    """save_packed through storage_packed writes the very bytes it writes through storage() and bitpack."""
+    from dnncompress.pack import save_packed
+    from dnncompress.quant.base import ScalarQuantizer
+
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(300, 80), torch.nn.ReLU(), torch.nn.Linear(80, 10))
+    dnncompress.quantize(model, scheme=scheme, **options)
+    packed = []
+    original = ScalarQuantizer.storage_packed
+    with monkeypatch.context() as m:
+        m.setattr(ScalarQuantizer, "storage_packed", lambda self, w: packed.append(original(self, w)) or packed[-1])
+        save_packed(model, tmp_path / "fast.dnc")
+    assert len(packed) == 2 and packed[0] is not None  # the first layer (24,000 weights) took the packed path
+    with monkeypatch.context() as m:
+        m.setattr(ScalarQuantizer, "storage_packed", lambda self, w: None)
+        save_packed(model, tmp_path / "slow.dnc")
+    assert (tmp_path / "fast.dnc").read_bytes() == (tmp_path / "slow.dnc").read_bytes()
+
+
+@needs_numba
 @pytest.mark.parametrize("scheme, bits, options", [s for s in SCHEMES if s[0] != "pq"]
                          + [("codebook", 5, {"group_size": 64}), ("fourval", 2, {"per_channel": True}), ("ternary", 2, {"per_channel": True})], ids=str)
 def test_packed_file_decodes_still_packed_codes_bit_for_bit(scheme, bits, options, tmp_path, monkeypatch):

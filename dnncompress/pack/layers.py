@@ -209,15 +209,22 @@ def encode_layer(blobs: Blobs, name: str, weight: torch.Tensor, mask: torch.Tens
             spec["x"]["b"] = block
         spec["nk"] = int(flat_mask.sum())
     if quant is not None:
-        st = quantizer_from_state(quant).storage(weight.float(), mask)
+        q = quantizer_from_state(quant)
+        packed = getattr(q, "storage_packed", None) if mask is None and entropy == "none" else None  # a plugin may predate it
+        st = (packed(weight.float()) if packed else None) or q.storage(weight.float(), mask)
         if not 1 <= st.code_bits <= 8:
             raise ValueError(f"scheme '{quant['scheme']}' stores {st.code_bits}-bit codes; .dnc packs 1–8")
         tables = {}
         for key in sorted(st.tables):
             kind, ref = tensor_to_blob(blobs, st.tables[key])
             tables[key] = [kind, ref, list(st.tables[key].shape)]
-        spec.update({"k": "q", "q": st.meta, "t": tables, "cb": st.code_bits, "nc": st.units,
-                     "c": _entropy_or_plain(blobs, st.codes.reshape(-1).to(torch.uint8).numpy(), st.code_bits, entropy)})
+        if st.codes is None:  # bit-packed by the scheme already
+            if st.words.size != bitpack.words_needed(st.units, st.code_bits):
+                raise ValueError(f"scheme '{quant['scheme']}' packed {st.units} codes into {st.words.size} words")
+            stream = {"w": blobs.add("codes", st.words)}
+        else:
+            stream = _entropy_or_plain(blobs, st.codes.reshape(-1).to(torch.uint8).numpy(), st.code_bits, entropy)
+        spec.update({"k": "q", "q": st.meta, "t": tables, "cb": st.code_bits, "nc": st.units, "c": stream})
     else:
         spec["k"] = "m"
         values = weight.float().reshape(-1).numpy()[flat_mask]

@@ -169,11 +169,55 @@ def fourval_codes(values, big_at, out):  # pragma: no cover - compiled
 
 
 @njit(cache=True, inline="always")
+def _fourval_code(v, t):  # pragma: no cover - compiled
+    pos = v > 0
+    return (2 if pos else 0) + (1 if (abs(v) > t) == pos else 0)
+
+
+@njit(cache=True, inline="always")
 def _fourval_block(src, t, dst):  # pragma: no cover - compiled
     for j in range(src.size):
-        v = src[j]
-        pos = v > 0
-        dst[j] = (2 if pos else 0) + (1 if (abs(v) > t) == pos else 0)
+        dst[j] = _fourval_code(src[j], t)
+
+
+@njit(cache=True, parallel=True)
+def fourval_packed(values, big_at, out):  # pragma: no cover - compiled
+    """fourval_codes' codes written straight as bitpack's 2-bit stream: code 4k+m in bits 2m, 2m+1 of byte k of
+    `out` (the rest of `out` is left alone). One table, or a table per row whose rows are whole bytes (the caller
+    checks length % 4 == 0)."""
+    rows, length = values.shape
+    if big_at.size == 1:
+        flat = values.reshape(-1)
+        whole = flat.size // 4
+        for b in prange(_blocks(whole)):
+            lo = b * BLOCK
+            hi = min(whole, lo + BLOCK)
+            _fourval_bytes(flat[4 * lo : 4 * hi], big_at[0], out[lo:hi])
+        if flat.size > 4 * whole:  # the last byte's 1–3 codes
+            tail, acc = flat[4 * whole :], 0
+            for m in range(tail.size):
+                acc |= _fourval_code(tail[m], big_at[0]) << (2 * m)
+            out[whole] = np.uint8(acc)
+        return
+    per_row = length // 4
+    for r in prange(rows):
+        _fourval_bytes(values[r], big_at[r], out[r * per_row : (r + 1) * per_row])
+
+
+@njit(cache=True, inline="always")
+def _fourval_bytes(src, t, dst):  # pragma: no cover - compiled
+    """dst[k] = the codes of src[4k : 4k+4] folded into one byte: PASS_VALUES codes into a buffer in L1, then each
+    4-code word folded as bitpack's kernel does. Both loops vectorize (2.36M weights: 157 µs, against 167 for a loop
+    that builds each byte from four indexed values, 1,258 from a 4-value slice, 180 for fourval_codes then pack)."""
+    buf = np.empty(PASS_VALUES, dtype=np.uint8)
+    words = buf.view(np.uint32)
+    for p0 in range(0, dst.size, PASS_VALUES // 4):
+        part, to = src[4 * p0 : 4 * p0 + PASS_VALUES], dst[p0 : p0 + PASS_VALUES // 4]
+        for j in range(part.size):
+            buf[j] = _fourval_code(part[j], t)
+        for i in range(to.size):
+            v = words[i]
+            to[i] = np.uint8((v | (v >> 6) | (v >> 12) | (v >> 18)) & 0xFF)
 
 
 @njit(cache=True, parallel=True)

@@ -78,13 +78,15 @@ class Storage:
 
     meta: dict
     tables: dict[str, torch.Tensor]
-    codes: torch.Tensor
+    codes: torch.Tensor | None  # None when `words` holds them
     code_bits: int
+    words: Any = None  # storage_packed's form: the codes already in bitpack.pack's stream (uint32 numpy words)
+    word_units: int = 0  # how many codes `words` holds
 
     @property
     def units(self) -> int:
         """How many codes the layer stores."""
-        return int(self.codes.numel())
+        return int(self.codes.numel()) if self.codes is not None else self.word_units
 
 
 @dataclass
@@ -193,6 +195,12 @@ class Quantizer(nn.Module):
         """The dense fp32 weight (zeros where masked) from the stored codes; ValueError on a bad count or code.
         A scheme may write it into `out` (contiguous float32 of `shape`) and return it, saving a copy."""
         raise NotImplementedError
+
+    def storage_packed(self, w: torch.Tensor) -> Storage | None:
+        """storage(w) of an unpruned layer with its codes already bit-packed (Storage.words, bitpack.pack's words,
+        equal to them bit for bit), or None where the scheme has no such path (the caller packs storage()'s codes).
+        The mirror of decode_packed: saves writing a byte per code and reading it back."""
+        return None
 
     def decode_packed(self, data, bits: int, shape: tuple, out: torch.Tensor | None = None) -> torch.Tensor | None:
         """decode_storage for an unpruned layer whose codes are still bit-packed (`data`: bitpack's bytes, uint8),
@@ -370,6 +378,14 @@ class ScalarQuantizer(Quantizer):
         if mask is not None:
             codes = codes[mask.reshape(-1).to(torch.bool)]
         return Storage(self.meta(), self._tables(), codes.to(torch.uint8), self.bits)
+
+    def storage_packed(self, w):
+        words = None if self.rotate else self.encode_packed(w.detach().float())
+        return None if words is None else Storage(self.meta(), self._tables(), None, self.bits, words, int(w.numel()))
+
+    def encode_packed(self, w: torch.Tensor):
+        """encode_bytes(w) as bitpack.pack's words (uint32 numpy), or None where the scheme has no faster way."""
+        return None
 
     def _load_tables(self, tables, shape):
         levels, thresholds = self._from_tables(tables, self.table_rows(tuple(shape)))

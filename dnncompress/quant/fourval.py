@@ -5,7 +5,7 @@ import torch
 
 from .base import SCHEMES, ScalarQuantizer, StraightThrough, check_table
 from .exact import fourval_alpha
-from .fastcode import as_bytes, fourval_codes, fused_forward
+from .fastcode import as_bytes, fourval_codes, fourval_packed, fused_forward
 
 
 def _table(alpha: torch.Tensor):
@@ -39,6 +39,9 @@ class FourValue(ScalarQuantizer):
         pos, big = self._sign_and_big(rows)
         codes = pos.to(torch.uint8) * 2 + (big == pos).to(torch.uint8)  # −2α, −α, +α, +2α → 0, 1, 2, 3
         return codes.reshape(w.shape)
+
+    def encode_packed(self, w):
+        return fourval_packed(w.reshape(self.levels.shape[0], -1).float(), self.thresholds[:, 2:3])
 
     def fake_quantize(self, w, mask=None):
         """Closed-form fake-quantize, equal bit for bit to decode(encode(w)) (same stored thresholds,
