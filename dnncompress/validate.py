@@ -6,10 +6,13 @@ user named it), then built on the meta device: shapes and dtypes without memory.
 """
 from __future__ import annotations
 
+import functools
 import math
+import threading
 import warnings
 
 import torch
+import torch.nn as nn
 
 from .errors import UserError
 from .models.zoo import build_model, check_arch_from_file
@@ -46,6 +49,63 @@ if _DeviceContext is not None:
             if target is not None:
                 return target
             return super().__torch_function__(func, types, args, kwargs)
+
+        def __enter__(self):
+            _MetaResets.enter()
+            try:
+                return super().__enter__()
+            except BaseException:
+                _MetaResets.exit()
+                raise
+
+        def __exit__(self, *exc):
+            try:
+                return super().__exit__(*exc)
+            finally:
+                _MetaResets.exit()
+
+
+def _skip_on_meta(original):
+    @functools.wraps(original)
+    def reset_parameters(self, *args, **kwargs):
+        if all(t is None or t.is_meta for t in (*self._parameters.values(), *self._buffers.values())):
+            return None  # values for tensors that hold none
+        return original(self, *args, **kwargs)
+
+    return reset_parameters
+
+
+class _MetaResets:
+    """While any meta build runs, torch's own layers skip reset_parameters when every tensor of theirs is on the meta
+    device: the fan-in arithmetic before each (skipped) init call still went through the device mode, tensor method
+    by tensor method (VGG-16's skeleton: 2.6 → 1.9 ms). Installed and removed under a lock, counted, so that nested
+    and concurrent builds agree; another thread building real layers meanwhile gets the original method through the
+    wrapper, since its tensors are not meta."""
+
+    CLASSES = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.Embedding)
+    lock = threading.Lock()
+    depth = 0
+    saved: dict = {}
+
+    @classmethod
+    def enter(cls) -> None:
+        with cls.lock:
+            if cls.depth == 0:
+                for c in cls.CLASSES:
+                    own = vars(c).get("reset_parameters")
+                    if own is not None:
+                        cls.saved[c] = own
+                        c.reset_parameters = _skip_on_meta(own)
+            cls.depth += 1
+
+    @classmethod
+    def exit(cls) -> None:
+        with cls.lock:
+            cls.depth -= 1
+            if cls.depth == 0:
+                for c, own in cls.saved.items():
+                    c.reset_parameters = own
+                cls.saved.clear()
 
 
 def meta_device():

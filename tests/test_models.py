@@ -113,3 +113,24 @@ def test_only_value_writes_into_meta_tensors_are_skipped():
     assert _init_target(torch.nn.init.kaiming_normal_, (cpu,), {}) is None  # a real tensor gets its values
     assert _init_target(torch.Tensor.add_, (meta, 1), {}) is None  # not a pure value write: it runs
     assert _init_target(torch.empty, ((3, 3),), {}) is None
+
+
+def test_torch_layers_skip_their_reset_only_on_meta_and_only_during_a_meta_build():
+    """Inside meta_device torch's own layers skip reset_parameters when all their tensors are meta; a real layer made
+    there on the CPU (as another thread's would be) is initialized as anywhere else, and afterwards the classes hold
+    torch's own methods again, also after a build that raised and inside nested builds."""
+    from dnncompress.validate import meta_device
+
+    originals = {c: c.reset_parameters for c in (torch.nn.Linear, torch.nn.Conv2d, torch.nn.BatchNorm2d)}
+    torch.manual_seed(0)
+    want = torch.nn.Linear(3, 4).weight.detach().clone()
+    with meta_device():
+        with meta_device():
+            assert torch.nn.Linear(3, 4).weight.is_meta
+        torch.manual_seed(0)
+        real = torch.nn.Linear(3, 4, device="cpu")
+    assert torch.equal(real.weight.detach(), want)
+    with pytest.raises(RuntimeError):
+        with meta_device():
+            raise RuntimeError("a factory that fails")
+    assert all(c.reset_parameters is f for c, f in originals.items())

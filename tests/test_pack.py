@@ -366,3 +366,80 @@ def test_a_write_that_fails_on_the_helper_thread_is_one_line_and_leaves_nothing(
     with pytest.raises(UserError, match="No space left on device"):
         save_packed(linear_ckpt(4096, "fourval"), tmp_path / "m.dnc")
     assert list(tmp_path.iterdir()) == []
+
+
+def _bn_model():
+    torch.manual_seed(1)
+    m = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 36, 5))
+    m.train()(torch.randn(4, 3, 8, 8))  # running stats and num_batches_tracked (an int64 leftover) away from their defaults
+    return m
+
+
+def test_a_file_read_in_many_chunks_verifies_and_a_flipped_byte_in_a_late_chunk_does_not(tmp_path, monkeypatch):
+    """The digest is fed chunk by chunk as the data comes in: with chunks far smaller than the file it still matches,
+    and a byte changed near the end is still caught."""
+    import dnncompress
+    from dnncompress.pack import container
+
+    model = _bn_model()
+    dnncompress.quantize(model, scheme="fourval")
+    path = tmp_path / "m.dnc"
+    save_packed(model, path)
+    monkeypatch.setattr(container, "READ_CHUNK", 97)
+    want = checkpoint_from_packed(path, model=_bn_model())["state_dict"]
+    raw = bytearray(path.read_bytes())
+    raw[-40] ^= 1  # inside the spec, the last chunk
+    bad = tmp_path / "bad.dnc"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match="SHA-256 mismatch"):
+        checkpoint_from_packed(bad, model=_bn_model())
+    monkeypatch.setattr(container, "READ_CHUNK", 1 << 20)
+    got = checkpoint_from_packed(path, model=_bn_model())["state_dict"]
+    assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+@pytest.mark.parametrize("extra, error", [(1, "grew while it was read"), (-1, "truncated while it was read")])
+def test_a_file_that_changes_size_while_it_is_read_is_refused(tmp_path, extra, error):
+    from dnncompress.pack import container
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(bytes(range(200)))
+    header = {"__metadata__": {"sha256": "x"}}
+    with open(path, "rb") as f, pytest.raises(UserError, match=error):
+        container._read_hashed(f, path, 200 - extra, container.Digest(path, header, b64=True))
+
+
+def test_load_packed_into_a_built_model_fills_every_tensor_in_place(tmp_path):
+    """Buffers and biases (leftovers, int64 num_batches_tracked included) are copied straight into the model's own
+    tensors, the same values checkpoint_from_packed gives; no tensor is replaced."""
+    import dnncompress
+    from dnncompress.surgery import plain_state_dict
+
+    model = _bn_model()
+    dnncompress.quantize(model, scheme="fourval")
+    path = tmp_path / "m.dnc"
+    save_packed(model, path)
+    want = checkpoint_from_packed(path, model=_bn_model())["state_dict"]
+    target = _bn_model()
+    with torch.no_grad():
+        for t in target.state_dict().values():
+            t.zero_()
+    before = {k: t.data_ptr() for k, t in target.state_dict().items()}
+    load_packed(path, model=target)
+    own = plain_state_dict(target, clone=False)
+    assert {k: t.data_ptr() for k, t in target.state_dict().items()} == before
+    assert own.keys() == want.keys() and all(torch.equal(own[k], want[k]) for k in want)
+    assert int(own["1.num_batches_tracked"]) == 1
+
+
+def test_restore_without_states_gives_the_same_weights_and_no_quantizer_states(tmp_path):
+    from dnncompress.pack import read_packed
+    from dnncompress.pack.container import restore
+
+    ckpt = linear_ckpt(5000, "fourval")
+    save_packed(ckpt, tmp_path / "m.dnc")
+    spec, blobs = read_packed(tmp_path / "m.dnc")
+    full, _, quant = restore(spec, blobs)
+    lean, _, none = restore(spec, blobs, states=False)
+    assert quant.keys() == {""} and none == {}
+    assert full.keys() == lean.keys() and all(torch.equal(full[k], lean[k]) for k in full)

@@ -187,14 +187,16 @@ def checkpoint_from_packed(path: str | os.PathLike, arch: str | None = None, tru
     return _checkpoint(path, arch, trust, model, in_place)[0]
 
 
-def _checkpoint(path, arch, trust, model, in_place):
-    """checkpoint_from_packed, and the meta-device skeleton it vetted against (None when given a model)."""
+def _checkpoint(path, arch, trust, model, in_place, states: bool = True):
+    """checkpoint_from_packed, and the meta-device skeleton it vetted against (None when given a model).
+    `states=False` (load_packed, which keeps only the weights): no quantizer states exported or vetted; each layer's
+    quantizer was still built from the file's tables, and checked there, to decode it."""
     from ..checkpoint import FORMAT as CK_FORMAT
     from ..checkpoint import VERSION as CK_VERSION
 
     spec, blobs, expected, built, digest = _vet(path, arch, trust, model)
     into = {k: t for k, t in expected.items() if not t.is_meta} if in_place and model is not None and expected else None
-    state, masks, quant = restore(spec, blobs, path, into, digest)
+    state, masks, quant = restore(spec, blobs, path, into, digest, states)
     if expected is not None:
         from ..validate import check_masks, check_quant, check_state
 
@@ -225,7 +227,7 @@ def load_packed(path: str | os.PathLike, model: nn.Module | None = None, trust: 
 
 def _load_packed(path, model, trust) -> nn.Module:
     if model is not None:  # decoded straight into the module's tensors; a meta module adopts new ones
-        ckpt = checkpoint_from_packed(path, trust=trust, model=model, in_place=True)
+        ckpt = _checkpoint(path, None, trust, model, True, states=False)[0]
         own = model.state_dict()
         if any(t.is_meta for t in own.values()):
             ties = _tie_groups(model)
@@ -235,7 +237,7 @@ def _load_packed(path, model, trust) -> nn.Module:
             if any(k not in own or v.data_ptr() != own[k].data_ptr() for k, v in ckpt["state_dict"].items()):
                 model.load_state_dict(ckpt["state_dict"])  # some could not be decoded in place (dtype, device)
         return model.eval()
-    ckpt, model = _checkpoint(path, None, trust, None, False)  # model: the meta-device skeleton it was vetted against
+    ckpt, model = _checkpoint(path, None, trust, None, False, states=False)  # model: the meta-device skeleton it was vetted against
     if not ckpt["arch"] or model is None:
         raise UserError(f"{path} does not record its architecture; pass model= to load_packed")
     from ..models import build_model

@@ -48,11 +48,16 @@ def canonical_json(obj) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
+def _digest_head(header: dict) -> bytes:
+    """What the digest hashes before the data: the canonical header without the sha256 value itself."""
+    meta = {k: v for k, v in header["__metadata__"].items() if k != "sha256"}
+    return canonical_json({**header, "__metadata__": meta}).encode()
+
+
 def _header_digest(header: dict, data_pieces, b64: bool = True) -> str:
     """SHA-256 of the canonical header (without the sha256 value itself), then the data pieces in order:
     base64 (version 4) or hex (version 3)."""
-    meta = {k: v for k, v in header["__metadata__"].items() if k != "sha256"}
-    h = hashlib.sha256(canonical_json({**header, "__metadata__": meta}).encode())
+    h = hashlib.sha256(_digest_head(header))
     for piece in data_pieces:
         h.update(piece)
     return base64.b64encode(h.digest()).decode().rstrip("=") if b64 else h.hexdigest()
@@ -359,14 +364,29 @@ def _json_loads(text, p, what: str):
 
 
 class Digest:
-    """A file's SHA-256 check, computed on the process's helper thread while the reader parses, vets and builds
-    quantizers (hashlib lets go of the GIL: VGG-16's 3.7 MB take 2 ms, about what that Python work takes). `check()`
-    waits for it and raises on a mismatch; readers call it before any weight is decoded, and before
-    reporting any other fault of the file, so a damaged file is still called damaged."""
+    """A file's SHA-256 check, computed on the process's helper thread while the reader reads on, parses, vets and
+    builds quantizers (hashlib lets go of the GIL: VGG-16's 3.7 MB take 2 ms, about what that Python work takes). The
+    reader feeds it the data a chunk at a time as it reads them, so that hashing starts with the first chunk, not after
+    the whole read. `check()` waits for it and raises on a mismatch; readers call it before any weight is decoded,
+    and before reporting any other fault of the file, so a damaged file is still called damaged."""
 
-    def __init__(self, path, header: dict, data: bytes, b64: bool):
-        self.path, self.want = path, header["__metadata__"].get("sha256")
-        self._hashing = _Worker.get().submit(_header_digest, header, [data], b64)
+    def __init__(self, path, header: dict, b64: bool):
+        self.path, self.want, self.b64 = path, header["__metadata__"].get("sha256"), b64
+        self._hash = hashlib.sha256(_digest_head(header))
+        self._worker = _Worker.get()
+        self._hashing = None
+
+    def feed(self, chunk) -> None:
+        """Hash `chunk` next (the one worker thread runs the updates in the order they came)."""
+        self._worker.submit(self._hash.update, chunk)
+
+    def finish(self) -> None:
+        """No more data: the digest is made after the updates queued before it."""
+        self._hashing = self._worker.submit(self._final)
+
+    def _final(self) -> str:
+        raw = self._hash.digest()
+        return base64.b64encode(raw).decode().rstrip("=") if self.b64 else raw.hex()
 
     def check(self) -> None:
         try:
@@ -377,27 +397,12 @@ class Digest:
             raise invalid_file(self.path, "SHA-256 mismatch (corrupted or modified)")
 
 
-def read_packed(path: str | os.PathLike) -> tuple[dict, Blobs]:
-    """Parse and verify a .dnc; returns (spec, blobs). Never allocates more than the file holds."""
-    spec, blobs, digest = read_packed_deferred(path)
-    digest.check()
-    return spec, blobs
+READ_CHUNK = 1 << 20  # bytes read, then handed to the hash, at a time
 
 
-def read_packed_deferred(path: str | os.PathLike) -> tuple[dict, Blobs, Digest]:
-    """read_packed with the digest still being computed: (spec, blobs, digest); the caller calls digest.check()
-    before decoding anything, and before raising any other fault it finds."""
-    p = require_file(path, "packed file")
-    size = p.stat().st_size
-    with open(p, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise invalid_file(p, "truncated (no header)")
-        (hlen,) = struct.unpack("<Q", head)
-        if hlen > min(size - 8, MAX_HEADER):
-            raise wrong_kind_error(p) or invalid_file(p, f"header length {hlen} exceeds the file")
-        header = _json_loads(f.read(hlen), p, "header")
-        data = f.read()
+def _check_header(p, header, n: int) -> tuple[dict, str, dict]:
+    """(metadata, version, tensor descriptors) of a parsed safetensors header whose data section holds `n` bytes,
+    refused before a byte of the data is read."""
     if not isinstance(header, dict):
         raise invalid_file(p, "header is not a mapping")
     meta = header.get("__metadata__")
@@ -422,9 +427,50 @@ def read_packed_deferred(path: str | os.PathLike) -> tuple[dict, Blobs, Digest]:
         except (KeyError, TypeError, ValueError, OverflowError, IndexError):
             raise invalid_file(p, f"tensor '{name}' has a bad descriptor") from None
     spans = sorted((start, end) for _, _, start, end in descriptors.values())
-    if any(a[1] != b[0] for a, b in zip(spans, spans[1:])) or (spans[0][0] if spans else 0) != 0 or (spans[-1][1] if spans else 0) != len(data):
+    if any(a[1] != b[0] for a, b in zip(spans, spans[1:])) or (spans[0][0] if spans else 0) != 0 or (spans[-1][1] if spans else 0) != n:
         raise invalid_file(p, "tensor data overlaps, leaves gaps or has trailing bytes")
-    digest = Digest(p, header, data, b64=version != "3")
+    return meta, version, descriptors
+
+
+def _read_hashed(f, p, n: int, digest: Digest) -> np.ndarray:
+    """The data section (`n` bytes, uint8), read a chunk at a time into one buffer, each chunk handed to the digest as
+    soon as it is in: hashing runs beside the rest of the read. A file that shrinks or grows meanwhile is refused."""
+    data = torch.empty(n, dtype=torch.uint8).numpy()  # not np.empty: numpy asks for huge pages from 4 MiB on, and
+    view = memoryview(data)  # a fresh process then stalled on the kernel's compaction (a 16 MB read once took 32 ms, not 4)
+    for start in range(0, n, READ_CHUNK):
+        part = view[start : start + READ_CHUNK]
+        if f.readinto(part) != len(part):
+            raise invalid_file(p, "truncated while it was read")
+        digest.feed(part)
+    digest.finish()
+    if f.read(1):
+        raise invalid_file(p, "it grew while it was read")
+    return data
+
+
+def read_packed(path: str | os.PathLike) -> tuple[dict, Blobs]:
+    """Parse and verify a .dnc; returns (spec, blobs). Never allocates more than the file holds."""
+    spec, blobs, digest = read_packed_deferred(path)
+    digest.check()
+    return spec, blobs
+
+
+def read_packed_deferred(path: str | os.PathLike) -> tuple[dict, Blobs, Digest]:
+    """read_packed with the digest still being computed: (spec, blobs, digest); the caller calls digest.check()
+    before decoding anything, and before raising any other fault it finds."""
+    p = require_file(path, "packed file")
+    with open(p, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(8)
+        if len(head) < 8:
+            raise invalid_file(p, "truncated (no header)")
+        (hlen,) = struct.unpack("<Q", head)
+        if hlen > min(size - 8, MAX_HEADER):
+            raise wrong_kind_error(p) or invalid_file(p, f"header length {hlen} exceeds the file")
+        header = _json_loads(f.read(hlen), p, "header")
+        meta, version, descriptors = _check_header(p, header, size - 8 - hlen)
+        digest = Digest(p, header, b64=version != "3")
+        data = _read_hashed(f, p, size - 8 - hlen, digest)
     try:
         spec, arrays = (_read_v3 if version == "3" else _read_v4)(p, meta, descriptors, data)
         if not isinstance(spec, dict) or not isinstance(spec.get("layers"), list) or not isinstance(spec.get("leftovers"), list):
@@ -499,13 +545,14 @@ def _target(into: dict | None, key: str, shape, dtype: torch.dtype) -> torch.Ten
 
 
 def restore(spec: dict, blobs: Blobs, path="<packed>", into: dict[str, torch.Tensor] | None = None,
-            digest: Digest | None = None) -> tuple[dict, dict, dict]:
+            digest: Digest | None = None, states: bool = True) -> tuple[dict, dict, dict]:
     """(state_dict with dequantized weights in their recorded dtypes, masks, quant states) from a
     verified spec; tied tensors come back as one tensor under each of their names. `into`: tensors
     (a model's own parameters and buffers, by state_dict key) to decode into in place, where shape and
     dtype match; the state then holds those very tensors. `digest`: the file's pending check (the hashing thread
     overlaps this work): made before the first decode into a caller's tensor (after every layer's quantizer is
-    built), else at the end, and before any fault of the file is reported, so a damaged file is called damaged."""
+    built), else at the end, and before any fault of the file is reported, so a damaged file is called damaged.
+    `states=False`: the quant states are left out (an empty dict), for a caller that keeps only the weights."""
     try:
         quantizers = {i: layer_quantizer(blobs, layer) for i, layer in enumerate(spec["layers"]) if layer["k"] == "q"}
     except READ_FAULTS as e:
@@ -514,7 +561,7 @@ def restore(spec: dict, blobs: Blobs, path="<packed>", into: dict[str, torch.Ten
         digest.check()
         digest = None
     try:
-        state, masks, quant = _decode_all(spec, blobs, into, quantizers)
+        state, masks, quant = _decode_all(spec, blobs, into, quantizers, states)
     except READ_FAULTS as e:
         _refuse(path, e, digest)
     if digest is not None:
@@ -522,7 +569,7 @@ def restore(spec: dict, blobs: Blobs, path="<packed>", into: dict[str, torch.Ten
     return state, masks, quant
 
 
-def _decode_all(spec: dict, blobs: Blobs, into, quantizers: dict) -> tuple[dict, dict, dict]:
+def _decode_all(spec: dict, blobs: Blobs, into, quantizers: dict, states: bool = True) -> tuple[dict, dict, dict]:
     """restore's decoding, every layer's quantizer built already (`quantizers`, by layer index)."""
     state, masks, quant = {}, {}, {}
     tied_layers = []
@@ -532,7 +579,7 @@ def _decode_all(spec: dict, blobs: Blobs, into, quantizers: dict) -> tuple[dict,
             continue
         key, dtype = weight_key(layer["n"]), _dtype(layer.get("d"), torch.float32)
         weight, mask, q = decode_layer(blobs, layer, _target(into, key, layer["s"], torch.float32) if dtype == torch.float32 else None,
-                                       quantizers.get(i))
+                                       quantizers.get(i), states)
         name = layer["n"]
         state[key] = weight.to(dtype)
         if mask is not None:
@@ -547,10 +594,19 @@ def _decode_all(spec: dict, blobs: Blobs, into, quantizers: dict) -> tuple[dict,
             continue
         if kind not in NATURAL or len(entry) > 5:
             raise ValueError(f"bad leftover kind {kind!r}")
+        dtype = _dtype(entry[4] if len(entry) == 5 else None, NATURAL[kind])
+        own = _target(into, key, shape, dtype) if dtype == NATURAL[kind] and kind != "bf16" else None
+        if own is not None:  # the blob's values straight into the caller's tensor: no tensor in between
+            raw = blobs.get(kind, ref)
+            if raw.size != math.prod(shape):
+                raise ValueError(f"leftover '{key}' size does not match its shape")
+            np.copyto(own.detach().numpy().reshape(-1), raw)
+            state[key] = own
+            continue
         t = blob_to_tensor(blobs, kind, ref)
         if t.numel() != math.prod(shape):  # exact (np.prod would wrap at 2**63), and 60× cheaper a call
             raise ValueError(f"leftover '{key}' size does not match its shape")
-        value = t.reshape(shape).to(_dtype(entry[4] if len(entry) == 5 else None, NATURAL[kind]))
+        value = t.reshape(shape).to(dtype)
         own = _target(into, key, shape, value.dtype)
         state[key] = own.copy_(value) if own is not None else value
     def link(key, shape, target):  # a tied entry: the very tensor another key holds

@@ -240,12 +240,15 @@ def _takes_out(cls) -> bool:
     return "out" in inspect.signature(cls.decode_storage).parameters
 
 
-def decode_layer(blobs: Blobs, spec: dict, out: torch.Tensor | None = None, quantizer=None) -> tuple[torch.Tensor, torch.Tensor | None, dict | None]:
+def decode_layer(blobs: Blobs, spec: dict, out: torch.Tensor | None = None, quantizer=None,
+                 states: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, dict | None]:
     """(dequantized fp32 weight, mask or None, quant state or None) for one layer spec; validates sizes first.
     With `out` (a contiguous float32 tensor of the layer's shape: a model's own parameter) the weight is
     decoded into it and it is what comes back: no second copy of the model. `quantizer`: layer_quantizer's
-    result for this spec, when the caller built it already."""
+    result for this spec, when the caller built it already. `states=False`: no quant state is exported (None),
+    for a caller that keeps only the weights."""
     weight, mask, q = _decode_layer(blobs, spec, out, quantizer)
+    q = q.export_state() if q is not None and states else None
     if out is not None and weight.data_ptr() != out.data_ptr():
         out.copy_(weight.reshape(out.shape))
         weight = out
@@ -304,10 +307,10 @@ def _decode_layer(blobs: Blobs, spec: dict, out: torch.Tensor | None, q=None):
             decode_packed = getattr(q, "decode_packed", None)  # a plugin scheme may predate it
             dense = decode_packed(np.ascontiguousarray(words, dtype="<u4").view(np.uint8), bits, tuple(shape), out) if decode_packed else None
             if dense is not None:
-                return dense, None, q.export_state()
+                return dense, None, q
         codes = torch.from_numpy(_symbols_back(blobs, spec["c"], bits, units).astype(np.uint8, copy=False))
         extra = {"out": out} if out is not None and _takes_out(type(q)) else {}  # a plugin scheme may predate `out`
-        return q.decode_storage(codes, tuple(shape), mask, **extra), mask, q.export_state()
+        return q.decode_storage(codes, tuple(shape), mask, **extra), mask, q
     if spec["k"] != "m":
         raise ValueError(f"unknown layer kind {spec['k']!r}")
     kind, ref = spec["v"]
