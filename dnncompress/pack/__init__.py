@@ -63,11 +63,10 @@ def _vet_spec(path, spec, arch, trust, model):
             apply_structure(model, spec["structure"], path)
         expected = plain_state_dict(model, clone=False)  # shapes and dtypes only: no copies
     elif spec["arch"]:
-        from ..validate import check_arch_from_file, skeleton
+        from ..validate import check_arch_from_file, skeleton_and_state
 
         check_arch_from_file(spec["arch"], arch_kwargs, path, named=arch, trust=trust)
-        built = skeleton(spec["arch"], arch_kwargs, path, _spec_field(spec, "structure", dict, path, {}))
-        expected = dict(built.state_dict())
+        built, expected = skeleton_and_state(spec["arch"], arch_kwargs, path, _spec_field(spec, "structure", dict, path, {}))
     check_spec(spec, expected, path)
     return expected, built
 
