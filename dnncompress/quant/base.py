@@ -150,12 +150,10 @@ class Quantizer(nn.Module):
             if name == "zero" and not self.has_zero_option:
                 raise UserError(f"scheme '{self.scheme}' has no zero option (--zero/--no-zero is for codebook)")
             raise UserError(f"scheme '{self.scheme}' has no option '{name}'; options: {', '.join(self.option_names) or 'none'}")
-        self.per_channel = bool(per_channel or group_size)
-        self.group_size = int(group_size)
-        self.rotate = rotate
-        self.refit = refit
-        self.options = dict(options)
-        self.fitted = False
+        # plain values straight into the instance dict: nn.Module.__setattr__ checks every one against the parameter,
+        # buffer and module dicts (a microsecond or two each), and a load builds a quantizer per layer
+        self.__dict__.update(per_channel=bool(per_channel or group_size), group_size=int(group_size), rotate=rotate, refit=refit,
+                             options=dict(options), fitted=False)
 
     # ------------------------------------------------------------------ what every scheme provides
     def fit(self, w: torch.Tensor, mask: torch.Tensor | None = None) -> Quantizer:
@@ -230,8 +228,7 @@ class ScalarQuantizer(Quantizer):
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
-        self.register_buffer("levels", torch.zeros(1, self.num_levels))
-        self.register_buffer("thresholds", torch.zeros(1, self.num_levels - 1))
+        self._buffers.update(levels=torch.zeros(1, self.num_levels), thresholds=torch.zeros(1, self.num_levels - 1))  # register_buffer's checks hold for these names
 
     @property
     def num_levels(self) -> int:
