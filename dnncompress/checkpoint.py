@@ -7,7 +7,6 @@ or, only with `trust=True`, a pickled nn.Module.
 from __future__ import annotations
 
 import copy
-import io
 import pickle
 import sys
 import zipfile
@@ -18,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from .errors import UserError
-from .fileio import atomic_write_bytes, require_file
+from .fileio import atomic_torch_save, require_file
 from .filekind import LEGACY_MAGIC, wrong_kind
 from .models.zoo import check_arch_from_file
 from .validate import check_checkpoint, check_state, expected_state
@@ -66,11 +65,8 @@ def _canonical(obj):
 
 
 def save_checkpoint(ckpt: dict, path: str | Path) -> Path:
-    """Atomic, fsynced, and byte-identical for the same content: serialized in memory first, so the
-    temp file's random name never ends up inside the zip archive."""
-    buf = io.BytesIO()
-    torch.save(_canonical(ckpt), buf)
-    atomic_write_bytes(path, buf.getbuffer())
+    """Atomic, fsynced, and byte-identical for the same content (fileio.atomic_torch_save)."""
+    atomic_torch_save(_canonical(ckpt), path)
     return Path(path)
 
 

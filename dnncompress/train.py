@@ -206,13 +206,9 @@ def _set_rng_states(states: dict) -> None:
 
 
 def _save_snapshot(snap: Snapshots, state: dict) -> None:
-    import io
+    from .fileio import atomic_torch_save
 
-    from .fileio import atomic_write_bytes
-
-    buf = io.BytesIO()
-    torch.save(state, buf)  # tensors and plain values only: read back with weights_only=True
-    atomic_write_bytes(snap.path, buf.getbuffer())
+    atomic_torch_save(state, snap.path)  # tensors and plain values only: read back with weights_only=True
 
 
 def _load_snapshot(snap: Snapshots, key: str) -> dict | None:

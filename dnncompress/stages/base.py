@@ -85,11 +85,9 @@ class Context:
 
     def memo(self, phase: str, compute: Callable[[], Any]) -> Any:
         """`compute()`, saved beside the snapshots so a resumed stage skips a finished phase."""
-        import io
-
         import torch
 
-        from ..fileio import atomic_write_bytes
+        from ..fileio import atomic_torch_save
 
         if self.snapshot_dir is None or not self.snapshot_every:
             return compute()
@@ -103,9 +101,7 @@ class Context:
             except Exception:  # damaged: compute it again
                 pass
         value = compute()
-        buf = io.BytesIO()
-        torch.save({"key": self.stage_key, "value": value}, buf)
-        atomic_write_bytes(path, buf.getbuffer())
+        atomic_torch_save({"key": self.stage_key, "value": value}, path)
         return value
 
     def data_for(self, ckpt: dict | None, arch: str | None = None) -> DataBundle:
