@@ -594,20 +594,16 @@ def _decode_all(spec: dict, blobs: Blobs, into, quantizers: dict, states: bool =
             continue
         if kind not in NATURAL or len(entry) > 5:
             raise ValueError(f"bad leftover kind {kind!r}")
+        raw = blobs.get(kind, ref)
+        if raw.size != math.prod(shape):  # exact (np.prod would wrap at 2**63), and 60× cheaper a call
+            raise ValueError(f"leftover '{key}' size does not match its shape")
         dtype = _dtype(entry[4] if len(entry) == 5 else None, NATURAL[kind])
-        own = _target(into, key, shape, dtype) if dtype == NATURAL[kind] and kind != "bf16" else None
-        if own is not None:  # the blob's values straight into the caller's tensor: no tensor in between
-            raw = blobs.get(kind, ref)
-            if raw.size != math.prod(shape):
-                raise ValueError(f"leftover '{key}' size does not match its shape")
+        own = _target(into, key, shape, dtype)
+        if own is not None and dtype == NATURAL[kind] and kind != "bf16":  # the blob's values straight into the caller's tensor
             np.copyto(own.detach().numpy().reshape(-1), raw)
             state[key] = own
             continue
-        t = blob_to_tensor(blobs, kind, ref)
-        if t.numel() != math.prod(shape):  # exact (np.prod would wrap at 2**63), and 60× cheaper a call
-            raise ValueError(f"leftover '{key}' size does not match its shape")
-        value = t.reshape(shape).to(dtype)
-        own = _target(into, key, shape, value.dtype)
+        value = blob_to_tensor(blobs, kind, ref).reshape(shape).to(dtype)
         state[key] = own.copy_(value) if own is not None else value
     def link(key, shape, target):  # a tied entry: the very tensor another key holds
         if not isinstance(target, str) or target not in state or list(state[target].shape) != list(shape):

@@ -209,9 +209,9 @@ def encode_layer(blobs: Blobs, name: str, weight: torch.Tensor, mask: torch.Tens
             spec["x"]["b"] = block
         spec["nk"] = int(flat_mask.sum())
     if quant is not None:
-        q = quantizer_from_state(quant)
+        q, w32 = quantizer_from_state(quant), weight.float()
         packed = getattr(q, "storage_packed", None) if mask is None and entropy == "none" else None  # a plugin may predate it
-        st = (packed(weight.float()) if packed else None) or q.storage(weight.float(), mask)
+        st = (packed(w32) if packed else None) or q.storage(w32, mask)
         if not 1 <= st.code_bits <= 8:
             raise ValueError(f"scheme '{quant['scheme']}' stores {st.code_bits}-bit codes; .dnc packs 1–8")
         tables = {}

@@ -96,10 +96,16 @@ def _count_compiled(kernels, values: np.ndarray, thresholds: np.ndarray) -> np.n
     return None  # many thresholds per row: torch's search
 
 
+def _fourval_kernels(rows: torch.Tensor, big_at: torch.Tensor):
+    """The compiled kernels for FourValue's rule on R×n rows with one threshold, or one per row; else None."""
+    kernels = compiled(rows.numel(), rows, big_at)
+    return None if kernels is None or rows.dim() != 2 or big_at.numel() not in (1, rows.shape[0]) else kernels
+
+
 def fourval_codes(rows: torch.Tensor, big_at: torch.Tensor) -> torch.Tensor | None:
     """FourValue's codes (R×n uint8) compiled, or None where the torch rule must run."""
-    kernels = compiled(rows.numel(), rows, big_at)
-    if kernels is None or rows.dim() != 2 or big_at.numel() not in (1, rows.shape[0]):
+    kernels = _fourval_kernels(rows, big_at)
+    if kernels is None:
         return None
     out = np.empty(rows.shape, dtype=np.uint8)
     kernels.fourval_codes(_np(rows), _np(big_at).reshape(-1), out)
@@ -110,10 +116,8 @@ def fourval_packed(rows: torch.Tensor, big_at: torch.Tensor) -> np.ndarray | Non
     """fourval_codes written straight as bitpack.pack's 2-bit words (uint32), compiled: the codes never exist as
     bytes (a 2.36M-weight layer: 222 µs against 249 for the codes, then pack). None where the caller must pack
     fourval_codes' bytes: no numba, a small layer, or a table per row whose rows are not whole bytes."""
-    kernels = compiled(rows.numel(), rows, big_at)
-    if kernels is None or rows.dim() != 2 or big_at.numel() not in (1, rows.shape[0]):
-        return None
-    if big_at.numel() != 1 and rows.shape[1] % 4:
+    kernels = _fourval_kernels(rows, big_at)
+    if kernels is None or (big_at.numel() != 1 and rows.shape[1] % 4):
         return None
     out = np.zeros((rows.numel() * 2 + 31) // 32 * 4, dtype=np.uint8)  # whole words, the padding zero
     kernels.fourval_packed(_np(rows), _np(big_at).reshape(-1), out)
